@@ -1,0 +1,1 @@
+"""The ticket workflow and the pure policy code it runs."""

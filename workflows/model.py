@@ -1,0 +1,128 @@
+"""Types passed between the ticket workflow and its activities.
+
+Plain dataclasses with no Temporal or I/O imports, so the workflow sandbox can
+load them and the activities can share them. Times are ISO 8601 strings in UTC
+because they cross the Temporal payload boundary as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+RECORD_ACTIVITY = "record_ticket_changes"
+SEND_ACTIVITY = "send_notification"
+HOURS_ACTIVITY = "log_hours"
+DEFAULTS_ACTIVITY = "ticket_defaults"
+
+
+@dataclass
+class Person:
+    """A customer or tech as the ticket knows them."""
+
+    id: str
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+@dataclass
+class RecordEntry:
+    """One line of a ticket's record.
+
+    ``sequence`` numbers the entries of one ticket from 1 upwards, so the store
+    can insert a batch twice (a retried activity) and keep one copy.
+    ``entry_type`` is ``event``, ``rejected``, ``obligation`` or
+    ``notification``; ``details`` is the JSON object of that entry.
+    """
+
+    sequence: int
+    entry_type: str
+    at: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecordInput:
+    """A batch of new record entries and the ticket's current state."""
+
+    ticket_id: str
+    state: str
+    priority: str
+    source: str
+    opened_at: str
+    timezone: str
+    customer: Person
+    tech: Person | None
+    included_hours_per_month: float | None
+    closed_at: str | None
+    close_reason: str | None
+    entries: list[RecordEntry] = field(default_factory=list)
+
+
+@dataclass
+class NotificationInput:
+    """One mail to send: who gets it, what it is about and what is owed by when.
+
+    ``sequence`` is the notification's index in the ticket; with the ticket id,
+    kind and role it makes the mail's stable Message-ID.
+    """
+
+    ticket_id: str
+    sequence: int
+    kind: str
+    role: str
+    recipient: Person | None
+    due_at: str
+    timezone: str
+    priority: str
+    customer_name: str | None = None
+    tech_name: str | None = None
+    owed_kind: str | None = None
+    owed_due_at: str | None = None
+    hours_used: float | None = None
+    hours_included: float | None = None
+    month: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class NotificationResult:
+    """What happened to one mail: ``sent``, ``already_sent`` or ``failed``."""
+
+    status: str
+    message_id: str
+    detail: str | None = None
+
+
+@dataclass
+class HoursInput:
+    """Hours a tech logged on a subscription customer's ticket."""
+
+    ticket_id: str
+    event_id: str
+    customer_id: str
+    month: str
+    hours: float
+    included_hours: float
+    logged_at: str
+    warning_thresholds: list[float] = field(default_factory=lambda: [0.8, 1.0])
+
+
+@dataclass
+class HoursResult:
+    """The customer's hours used in the month and the thresholds newly passed.
+
+    A threshold (0.8, 1.0) is returned once per customer and month, to the
+    first ticket whose hours pass it.
+    """
+
+    used_hours: float
+    crossed_thresholds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TicketDefaults:
+    """The service settings a ticket needs and cannot carry itself."""
+
+    timezone: str
