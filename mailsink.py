@@ -1,0 +1,253 @@
+"""A local SMTP server that keeps every mail, for tests and the local stack.
+
+Run it on its own with ``python mailsink.py --port 1025 --maildir var/mail``.
+It logs the Message-ID and subject of each mail and stores the mail in the
+Maildir, which a mail client such as mutt opens (``mutt -f var/mail``).
+
+In tests, start it on a free loopback port and read ``messages``. Its fault
+methods make it reject a recipient, reply to the message data with a chosen
+code (421, 550, ...) or hold that reply back until released.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import logging
+import mailbox
+import signal
+import warnings
+from collections import deque
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+logger = logging.getLogger("mailsink")
+
+ACCEPTED = "250 2.0.0 OK: message accepted"
+
+
+class MailSink:
+    """An SMTP server on ``host`` that accepts mail into memory and a Maildir.
+
+    ``port`` 0 picks a free port; read the bound one from ``port`` after
+    ``start()``. With ``credentials`` (user name, password) the server requires
+    AUTH PLAIN or LOGIN, allowed without TLS because the sink only serves tests
+    and local runs.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        maildir: str | Path | None = None,
+        *,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.maildir_path = Path(maildir) if maildir else None
+        self.maildir = mailbox.Maildir(maildir, create=True) if maildir else None
+        self.credentials = credentials
+        self.messages: list[EmailMessage] = []
+
+        self._server: asyncio.Server | None = None
+        self._connections: set[SMTP] = set()
+        self._rejected_recipients: dict[str, str] = {}
+        self._data_replies: deque[str] = deque()
+        self._replies_released = asyncio.Event()
+        self._replies_released.set()
+
+    # Running
+
+    async def start(self) -> None:
+        """Listen on the host and port; afterwards ``port`` is the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: self._new_connection(loop), self.host, self.port
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info(
+            "Mail sink listening on %s:%d, Maildir %s",
+            self.host,
+            self.port,
+            self.maildir_path or "(none)",
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, release held replies and close open connections."""
+        self._replies_released.set()
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> MailSink:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> SMTP:
+        with warnings.catch_warnings():
+            # aiosmtpd warns about AUTH without TLS, which this sink allows on
+            # purpose because it only serves tests and local runs.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return _TrackedSMTP(
+                self,
+                hostname="mailsink.localhost",
+                ident="ticket-guard mail sink",
+                authenticator=self._authenticate if self.credentials else None,
+                auth_required=self.credentials is not None,
+                auth_require_tls=False,
+                loop=loop,
+            )
+
+    # Faults
+
+    def reject_recipient(
+        self, address: str, reply: str = "550 5.1.1 Mailbox unavailable"
+    ) -> None:
+        """Reply to RCPT TO for ``address`` with ``reply`` until faults are cleared."""
+        self._rejected_recipients[address.lower()] = reply
+
+    def reply_to_data(self, reply: str, times: int = 1) -> None:
+        """Reply to the next ``times`` messages with ``reply`` and drop them."""
+        self._data_replies.extend([reply] * times)
+
+    def hold_replies(self) -> None:
+        """Keep each accepted message but hold its 250 reply until released.
+
+        The sink then acts like a server that accepted the mail but whose reply
+        never arrived.
+        """
+        self._replies_released.clear()
+
+    def release_replies(self) -> None:
+        """Send the held replies and stop holding new ones."""
+        self._replies_released.set()
+
+    def clear_faults(self) -> None:
+        """Accept every recipient and message again and release held replies."""
+        self._rejected_recipients.clear()
+        self._data_replies.clear()
+        self._replies_released.set()
+
+    # Reading
+
+    def messages_with_id(self, message_id: str) -> list[EmailMessage]:
+        """Return the received messages whose Message-ID header is ``message_id``."""
+        return [m for m in self.messages if m["Message-ID"] == message_id]
+
+    # SMTP handler hooks, called by aiosmtpd
+
+    # aiosmtpd passes every hook argument by position; the unused ones start
+    # with an underscore.
+
+    async def handle_RCPT(
+        self,
+        _server: SMTP,
+        _session: Session,
+        envelope: Envelope,
+        address: str,
+        _rcpt_options: list[str],
+    ) -> str:
+        rejection = self._rejected_recipients.get(address.lower())
+        if rejection is not None:
+            return rejection
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(
+        self, _server: SMTP, _session: Session, envelope: Envelope
+    ) -> str:
+        if self._data_replies:
+            return self._data_replies.popleft()
+
+        content = envelope.original_content or b""
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        if self.maildir is not None:
+            self.maildir.add(message)
+        logger.info("Received mail %s: %s", message["Message-ID"], message["Subject"])
+
+        await self._replies_released.wait()
+        return ACCEPTED
+
+    # aiosmtpd calls the authenticator without awaiting it, so it must be sync.
+    def _authenticate(
+        self,
+        _server: SMTP,
+        _session: Session,
+        _envelope: Envelope,
+        _mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        expected = self.credentials
+        if isinstance(auth_data, LoginPassword) and expected is not None:
+            given = (auth_data.login.decode(), auth_data.password.decode())
+            if given == expected:
+                return AuthResult(success=True)
+        # handled=False makes aiosmtpd send its 535 reply itself.
+        return AuthResult(success=False, handled=False)
+
+
+class _TrackedSMTP(SMTP):
+    """aiosmtpd's SMTP protocol, registered with its sink while connected."""
+
+    def __init__(self, sink: MailSink, **options: Any) -> None:
+        super().__init__(sink, **options)
+        self._sink = sink
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._sink._connections.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sink._connections.discard(self)
+        super().connection_lost(error)
+
+
+def main() -> None:
+    """Run the mail sink until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=1025, help="TCP port")
+    parser.add_argument("--maildir", type=Path, help="Maildir that keeps every mail")
+    arguments = parser.parse_args()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # aiosmtpd logs every SMTP command at INFO; one line per mail is enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    asyncio.run(_serve(arguments.host, arguments.port, arguments.maildir))
+
+
+async def _serve(host: str, port: int, maildir: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(stop_signal, stop.set)
+
+    async with MailSink(host, port, maildir):
+        await stop.wait()
+    logger.info("Mail sink stopped")
+
+
+if __name__ == "__main__":
+    main()

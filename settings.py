@@ -1,0 +1,176 @@
+"""Service settings, read once from the environment and an optional ``.env`` file.
+
+Every field is read from the environment variable of the same name in upper
+case, for example ``smtp_port`` from ``SMTP_PORT``. Build one object with
+``load_settings()`` at start-up and pass it down.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import parseaddr
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# Mail is sent by an activity whose start-to-close timeout is 60 seconds. The
+# whole SMTP exchange must end before that, or Temporal would retry a send that
+# may still finish, and the customer could get two copies.
+SEND_ACTIVITY_TIMEOUT_SECONDS = 60
+
+# Letters, digits and hyphens separated by dots: a domain name that a
+# Message-ID can use unchanged.
+_DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
+
+
+_VARIABLES_WITH_SECRETS = {"SMTP_PASSWORD", "DATABASE_URL"}
+
+
+class SettingsError(ValueError):
+    """Invalid settings. The message names each invalid variable and the reason."""
+
+
+class Settings(BaseSettings):
+    """Settings of the ticket-guard worker and its activities."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "ticket-communications"
+
+    # A relative SQLite path is relative to the current directory.
+    database_url: str = "sqlite:///var/ticket-guard.db"
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    # Unset means plain SMTP with no TLS, as the local mail sink expects.
+    smtp_tls: Literal["starttls", "tls"] | None = None
+    # Bounds the whole SMTP exchange of one mail. It must stay below the send
+    # activity's start-to-close timeout (SEND_ACTIVITY_TIMEOUT_SECONDS).
+    smtp_timeout_seconds: float = Field(
+        default=20, gt=0, lt=SEND_ACTIVITY_TIMEOUT_SECONDS
+    )
+
+    mail_from: str = "ticket-guard <no-reply@ticket-guard.localhost>"
+    ops_email: str = "ops@ticket-guard.localhost"
+
+    default_timezone: str = "America/New_York"
+
+    @field_validator("smtp_username", "smtp_password", "smtp_tls", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        # An empty line such as "SMTP_TLS=" in a .env file means "not set".
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @field_validator("smtp_tls", mode="before")
+    @classmethod
+    def _lowercase_tls_mode(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower()
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError) as error:
+            raise ValueError(
+                "not a SQLAlchemy database URL, for example "
+                "sqlite:///var/ticket-guard.db or "
+                "postgresql+psycopg://user@host/dbname"
+            ) from error
+        return value
+
+    @field_validator("mail_from", "ops_email")
+    @classmethod
+    def _check_mail_address(cls, value: str) -> str:
+        _name, address = parseaddr(value)
+        local_part, _at, domain = address.rpartition("@")
+        if not local_part or not _DOMAIN_PATTERN.match(domain):
+            raise ValueError(
+                "not a mail address such as 'ticket-guard <no-reply@example.com>'"
+            )
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(
+                "not an IANA time zone name such as America/New_York"
+            ) from error
+        return value
+
+    @model_validator(mode="after")
+    def _check_smtp_credentials(self) -> Settings:
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError(
+                "SMTP_USERNAME and SMTP_PASSWORD must be set together or not at all"
+            )
+        return self
+
+    @property
+    def mail_from_address(self) -> str:
+        """The bare address of MAIL_FROM, without the display name."""
+        return parseaddr(self.mail_from)[1]
+
+    @property
+    def ops_address(self) -> str:
+        """The bare address of OPS_EMAIL, without the display name."""
+        return parseaddr(self.ops_email)[1]
+
+    @property
+    def mail_domain(self) -> str:
+        """The domain of MAIL_FROM, used on the right of every Message-ID."""
+        return self.mail_from_address.rpartition("@")[2]
+
+    def __repr_args__(self) -> Any:
+        # DATABASE_URL may carry a password, so show it masked. SMTP_PASSWORD is
+        # a SecretStr and masks itself.
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
+                value = make_url(value).render_as_string(hide_password=True)
+            yield name, value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and ``.env``.
+
+    Keyword arguments override both, by field name (``smtp_port=2525``).
+    Raises SettingsError naming each invalid variable and why it is invalid.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe_errors(error)) from None
+
+
+def _describe_errors(error: ValidationError) -> str:
+    lines = ["Invalid settings:"]
+    for problem in error.errors():
+        location = problem["loc"]
+        variable = str(location[0]).upper() if location else "settings"
+        line = f"  {variable}: {problem['msg']}"
+
+        # Show the rejected value unless it may hold a password, so the
+        # message is safe to log.
+        if location and variable not in _VARIABLES_WITH_SECRETS:
+            line += f" (got {problem['input']!r})"
+        lines.append(line)
+    return "\n".join(lines)
