@@ -1,0 +1,229 @@
+"""The ticket workflow: one per ticket, id ``ticket-<ticket_id>``.
+
+It keeps the ticket's ledger, sleeps on one durable timer until the earliest
+reminder or due time, and wakes early when a portal event arrives. Signal
+handlers only queue the raw payload; the main loop validates and applies
+events in arrival order, sends the mail that fell due and stores the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.events import InvalidEvent, event_id_of, parse_event, parse_opening
+    from workflows.ledger import TicketLedger
+    from workflows.model import (
+        DEFAULTS_ACTIVITY,
+        HOURS_ACTIVITY,
+        RECORD_ACTIVITY,
+        SEND_ACTIVITY,
+        HoursResult,
+        NotificationResult,
+        TicketDefaults,
+    )
+
+# Mail and database outages delay work, they must not lose it, so activities
+# retry without a limit; the backoff keeps a long outage cheap.
+UNLIMITED_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+)
+ACTIVITY_TIMEOUT = timedelta(seconds=60)
+
+
+@workflow.defn(name="TicketWorkflow")
+class TicketWorkflow:
+    @workflow.init
+    def __init__(self, opening: Any) -> None:
+        # Queued here rather than in run, so a signal sent with signal-with-start
+        # finds the queue ready before run begins.
+        self._raw_opening = opening
+        self._inbox: list[tuple[str, Any, datetime]] = []
+        self._ledger: TicketLedger | None = None
+
+    @workflow.run
+    async def run(self, opening: Any) -> dict[str, Any]:
+        try:
+            parsed = parse_opening(opening)
+        except InvalidEvent as error:
+            raise ApplicationError(
+                f"invalid ticket input: {error}", type="InvalidTicketInput"
+            ) from None
+
+        zone_name = parsed.timezone
+        if zone_name is None:
+            defaults = await workflow.execute_local_activity(
+                DEFAULTS_ACTIVITY,
+                result_type=TicketDefaults,
+                start_to_close_timeout=timedelta(seconds=10),
+            )
+            zone_name = defaults.timezone
+        self._ledger = TicketLedger(parsed, zone_name)
+        workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
+
+        while True:
+            self._apply_inbox()
+            self._ledger.advance(workflow.now())
+            await self._deliver()
+            if self._ledger.state == "closed" and not self._inbox:
+                break
+            await self._sleep_until_next_due()
+
+        workflow.logger.info(
+            "Ticket closed",
+            extra={"ticket_id": parsed.ticket_id, "reason": self._ledger.close_reason},
+        )
+        return self._ledger.status()
+
+    async def _sleep_until_next_due(self) -> None:
+        assert self._ledger is not None
+        self._show_details()
+        upcoming = self._ledger.next_due()
+        if upcoming is None:
+            await workflow.wait_condition(lambda: bool(self._inbox))
+            return
+
+        when, obligation, is_reminder = upcoming
+        what = "reminder for " if is_reminder else ""
+        summary = f"{what}{obligation.kind} due {when.isoformat()} ({obligation.owner})"
+        timeout = max(when - workflow.now(), timedelta(milliseconds=1))
+        try:
+            await workflow.wait_condition(
+                lambda: bool(self._inbox), timeout=timeout, timeout_summary=summary
+            )
+        except TimeoutError:
+            pass
+
+    def _apply_inbox(self) -> None:
+        assert self._ledger is not None
+        inbox, self._inbox = self._inbox, []
+        for signal, raw, received_at in inbox:
+            try:
+                event = parse_event(signal, raw)
+            except InvalidEvent as error:
+                event_id = event_id_of(raw)
+                if event_id is not None and event_id in self._ledger.seen_event_ids:
+                    continue
+                self._ledger.reject(signal, event_id, str(error), received_at)
+                workflow.logger.warning(
+                    "Event rejected",
+                    extra={
+                        "ticket_id": self._ledger.ticket_id,
+                        "signal": signal,
+                        "event_id": event_id,
+                        "reason": str(error),
+                    },
+                )
+                continue
+            self._ledger.receive(event, received_at)
+
+    async def _deliver(self) -> None:
+        """Log hours, send the mail that fell due and store the new record."""
+        assert self._ledger is not None
+        for request in self._ledger.take_hours_requests():
+            result = await workflow.execute_activity(
+                HOURS_ACTIVITY,
+                request,
+                result_type=HoursResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=UNLIMITED_RETRY,
+            )
+            # The warning is due when the hours were logged, not when the
+            # store answered.
+            logged_at = datetime.fromisoformat(request.logged_at)
+            self._ledger.apply_hours_result(
+                request, result.used_hours, result.crossed_thresholds, logged_at
+            )
+
+        for notification in self._ledger.pending_notifications():
+            result = await workflow.execute_activity(
+                SEND_ACTIVITY,
+                notification,
+                result_type=NotificationResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=UNLIMITED_RETRY,
+                summary=f"{notification.kind} to {notification.role}",
+            )
+            self._ledger.mark_delivered(notification.sequence, result, workflow.now())
+
+        record = self._ledger.take_record()
+        if record is not None:
+            await workflow.execute_activity(
+                RECORD_ACTIVITY,
+                record,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=UNLIMITED_RETRY,
+            )
+
+    def _show_details(self) -> None:
+        """Show the open obligations in the UI's current details."""
+        assert self._ledger is not None
+        rows = [
+            f"| {o.kind} | {o.owner} | {o.due_at.isoformat()} |"
+            for o in self._ledger.obligations
+            if o.is_open
+        ]
+        header = f"**{self._ledger.ticket_id}** ({self._ledger.state})\n\n"
+        table = "| obligation | owner | due (UTC) |\n|---|---|---|\n" + "\n".join(rows)
+        workflow.set_current_details(header + (table if rows else "Nothing open."))
+
+    def _queue(self, signal: str, payload: Any) -> None:
+        self._inbox.append((signal, payload, workflow.now()))
+
+    @workflow.signal(name="claim")
+    def claim(self, payload: Any = None) -> None:
+        self._queue("claim", payload)
+
+    @workflow.signal(name="reassign")
+    def reassign(self, payload: Any = None) -> None:
+        self._queue("reassign", payload)
+
+    @workflow.signal(name="release")
+    def release(self, payload: Any = None) -> None:
+        self._queue("release", payload)
+
+    @workflow.signal(name="contact_attempt")
+    def contact_attempt(self, payload: Any = None) -> None:
+        self._queue("contact_attempt", payload)
+
+    @workflow.signal(name="notes_updated")
+    def notes_updated(self, payload: Any = None) -> None:
+        self._queue("notes_updated", payload)
+
+    @workflow.signal(name="customer_message")
+    def customer_message(self, payload: Any = None) -> None:
+        self._queue("customer_message", payload)
+
+    @workflow.signal(name="time_logged")
+    def time_logged(self, payload: Any = None) -> None:
+        self._queue("time_logged", payload)
+
+    @workflow.signal(name="close")
+    def close(self, payload: Any = None) -> None:
+        self._queue("close", payload)
+
+    @workflow.signal(dynamic=True)
+    def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        # Queued like a known event, so a misspelt name ends up in ``rejected``
+        # instead of waiting unseen in the signal buffer.
+        payload: Any = None
+        if args:
+            try:
+                payload = workflow.payload_converter().from_payload(args[0].payload)
+            except Exception:
+                payload = None
+        self._queue(name, payload)
+
+    @workflow.query(name="status")
+    def status(self) -> dict[str, Any]:
+        if self._ledger is None:
+            return {"ticket_id": None, "state": "starting", "obligations": []}
+        return self._ledger.status()
