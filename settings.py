@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from workflows.policy import policy_with_overrides
+
 # Mail is sent by an activity whose start-to-close timeout is 60 seconds. The
 # whole SMTP exchange must end before that, or Temporal would retry a send that
 # may still finish, and the customer could get two copies.
@@ -67,6 +69,10 @@ class Settings(BaseSettings):
 
     default_timezone: str = "America/New_York"
 
+    # JSON object of Policy durations to change for new tickets, such as
+    # {"claim_within": "6h", "notes_reminder_before": "3h"}.
+    policy_overrides: dict[str, str] = Field(default_factory=dict)
+
     @field_validator("smtp_username", "smtp_password", "smtp_tls", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
@@ -115,6 +121,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "not an IANA time zone name such as America/New_York"
             ) from error
+        return value
+
+    @field_validator("policy_overrides")
+    @classmethod
+    def _check_policy_overrides(cls, value: dict[str, str]) -> dict[str, str]:
+        policy_with_overrides(value)
         return value
 
     @model_validator(mode="after")

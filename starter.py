@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from workflows.events import (
     parse_event,
     parse_opening,
 )
+from workflows.policy import parse_duration
 
 if TYPE_CHECKING:
     from temporalio.testing import WorkflowEnvironment
@@ -504,8 +504,6 @@ def render_status(status: dict[str, Any], default_timezone: str) -> str:
 
 # Event files for replay and simulate
 
-DURATION_PATTERN = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-
 EVENT_NAMES = ("open", *SIGNAL_COMMANDS.values())
 COMMON_KEYS = {"after", "at", "ticket", "event", "event_id"}
 # Keys each kind of line may carry besides the common ones.
@@ -587,25 +585,6 @@ class Schedule:
     @property
     def span(self) -> timedelta:
         return self.events[-1].offset if self.events else timedelta(0)
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse a duration such as ``2h30m``, ``1d6h``, ``45m``, ``90s`` or ``0``.
-
-    Raises:
-        ValueError: the text is not such a duration.
-    """
-    text = text.strip()
-    if text == "0":
-        return timedelta(0)
-    match = DURATION_PATTERN.fullmatch(text)
-    if match is None or not any(match.groups()):
-        raise ValueError(
-            f"invalid duration {text!r}: use days, hours, minutes and seconds "
-            "in that order, such as 2h30m, 1d6h, 45m or 0"
-        )
-    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def format_duration(duration: timedelta) -> str:

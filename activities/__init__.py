@@ -45,17 +45,29 @@ INVALID_HOURS = "InvalidHours"
 class TicketActivities:
     """The activities of the ticket workflow, sharing one store and one mailer."""
 
-    def __init__(self, store: Store, mailer: Mailer, default_timezone: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        mailer: Mailer,
+        default_timezone: str,
+        policy_overrides: dict[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.mailer = mailer
         self.default_timezone = default_timezone
+        self.policy_overrides = dict(policy_overrides or {})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TicketActivities:
         """Build the store, with any missing tables created, and the mailer."""
         store = Store(settings.database_url)
         store.create_tables()
-        return cls(store, Mailer(settings, store), settings.default_timezone)
+        return cls(
+            store,
+            Mailer(settings, store),
+            settings.default_timezone,
+            settings.policy_overrides,
+        )
 
     def close(self) -> None:
         """Close the database connections; call after the worker has stopped."""
@@ -74,11 +86,14 @@ class TicketActivities:
     async def ticket_defaults(self) -> TicketDefaults:
         """Return the settings a ticket needs and cannot carry itself.
 
-        Run as a local activity at the start of a ticket without a time zone,
-        so the zone it got is kept in its history and replays the same after
-        DEFAULT_TIMEZONE changes.
+        Run as a local activity at the start of every ticket, so the zone and
+        policy it got are kept in its history and replay the same after
+        DEFAULT_TIMEZONE or POLICY_OVERRIDES change.
         """
-        return TicketDefaults(timezone=self.default_timezone)
+        return TicketDefaults(
+            timezone=self.default_timezone,
+            policy_overrides=dict(self.policy_overrides),
+        )
 
     @activity.defn(name=RECORD_ACTIVITY)
     async def record_ticket_changes(self, changes: RecordInput) -> None:

@@ -1945,7 +1945,11 @@ def test_take_record_numbers_entries() -> None:
     assert first.timezone == NEW_YORK
     assert [entry.sequence for entry in first.entries] == [1, 2]
     assert first.entries[0].entry_type == "event"
-    assert first.entries[0].details == {"event": "opened", "source": "portal"}
+    assert first.entries[0].details == {
+        "event": "opened",
+        "source": "portal",
+        "policy_changes": {},
+    }
     assert first.entries[1].entry_type == "obligation"
     assert first.entries[1].details["kind"] == "claim"
     assert ledger.take_record() is None

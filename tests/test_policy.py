@@ -9,7 +9,9 @@ is elapsed time. Comments give the customer's wall-clock time.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,6 +27,7 @@ from workflows.policy import (
     is_urgent,
     later,
     month_of,
+    policy_with_overrides,
     quiet_window_end,
 )
 
@@ -400,3 +403,27 @@ def test_later_returns_latest() -> None:
 
     assert later(early, late) == late
     assert later(late, early) == late
+
+
+def test_policy_overrides_replace_durations() -> None:
+    policy = policy_with_overrides({"claim_within": "6h", "notes_within": "1d"})
+    assert policy.claim_within == timedelta(hours=6)
+    assert policy.notes_within == timedelta(days=1)
+    assert policy.reply_within == timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"claim_in": "6h"}, "unknown policy duration 'claim_in'"),
+        ({"claim_within": "six hours"}, "invalid duration 'six hours'"),
+        ({"claim_within": "0"}, "must be longer than 0"),
+        ({"claim_within": 6}, "must be a string"),
+        ({"quiet_starts": "20h"}, "unknown policy duration 'quiet_starts'"),
+    ],
+)
+def test_policy_overrides_reject_bad_input(
+    overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        policy_with_overrides(overrides)

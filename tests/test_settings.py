@@ -211,3 +211,16 @@ def test_settings_error_hides_database_url(monkeypatch: pytest.MonkeyPatch) -> N
         raised.value
     )
     assert "dbsecret" not in str(raised.value)
+
+
+def test_policy_overrides_read_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLICY_OVERRIDES", '{"claim_within": "6h"}')
+    assert load_settings().policy_overrides == {"claim_within": "6h"}
+
+
+def test_bad_policy_overrides_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POLICY_OVERRIDES", '{"claim_within": "soon"}')
+    with pytest.raises(SettingsError, match="POLICY_OVERRIDES.*invalid duration"):
+        load_settings()

@@ -34,7 +34,6 @@ from starter import (
     format_duration,
     opening_from_args,
     parse_args,
-    parse_duration,
     parse_schedule,
     read_schedule,
     render_status,
@@ -42,6 +41,7 @@ from starter import (
     signal_fields,
 )
 from worker import create_worker
+from workflows.policy import parse_duration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NEW_YORK = ZoneInfo("America/New_York")

@@ -146,7 +146,15 @@ class Service:
 
 
 @pytest.fixture
-async def service(env: WorkflowEnvironment, tmp_path: Any) -> AsyncIterator[Service]:
+def settings_overrides() -> dict[str, Any]:
+    """Settings a test changes for its service, by field name."""
+    return {}
+
+
+@pytest.fixture
+async def service(
+    env: WorkflowEnvironment, tmp_path: Any, settings_overrides: dict[str, Any]
+) -> AsyncIterator[Service]:
     sink = MailSink(port=0)
     await sink.start()
     settings = load_settings(
@@ -156,6 +164,7 @@ async def service(env: WorkflowEnvironment, tmp_path: Any) -> AsyncIterator[Serv
         smtp_port=sink.port,
         ops_email="ops@company.test",
         default_timezone="America/New_York",
+        **settings_overrides,
     )
     activities = TicketActivities.from_settings(settings)
     try:
@@ -830,3 +839,22 @@ async def test_record_keeps_events_obligations_and_mail(service: Service) -> Non
             "check_in",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"policy_overrides": {"claim_within": "2h", "first_contact_within": "30m"}}],
+)
+async def test_policy_overrides_apply_to_new_tickets(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0))
+    handle = await service.open(ticket)
+    await service.skip_to(local(day, 11, 30))
+    await handle.signal("claim", service.event(tech=TECH_K4))
+    await service.skip_to(local(day, 11, 35))
+
+    current = await status(handle)
+    assert obligation_times(current, "claim") == [(iso(local(day, 11, 0)), "breached")]
+    assert obligation_times(current, "first_contact") == [
+        (iso(local(day, 12, 0)), "open")
+    ]

@@ -173,7 +173,13 @@ class TicketLedger:
 
     def _open(self, opening: Opening) -> None:
         at = opening.opened_at
-        self._record("event", at, {"event": "opened", "source": opening.source})
+        changed = {
+            name: str(getattr(self.policy, name))
+            for name in rules.DURATION_FIELDS
+            if getattr(self.policy, name) != getattr(rules.DEFAULT_POLICY, name)
+        }
+        details = {"event": "opened", "source": opening.source}
+        self._record("event", at, {**details, "policy_changes": changed})
         if opening.tech is None:
             self._add_obligation("claim", OPS, at, at + self.policy.claim_within)
             return

@@ -123,6 +123,10 @@ class HoursResult:
 
 @dataclass
 class TicketDefaults:
-    """The service settings a ticket needs and cannot carry itself."""
+    """The service settings a ticket needs and cannot carry itself.
+
+    ``policy_overrides`` maps Policy durations to strings such as ``"6h"``.
+    """
 
     timezone: str
+    policy_overrides: dict[str, str] = field(default_factory=dict)

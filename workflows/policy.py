@@ -9,8 +9,10 @@ a daylight saving change never moves a deadline by an hour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 URGENT_PRIORITIES = frozenset({"high", "emergency"})
@@ -49,6 +51,55 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+
+DURATION_PATTERN = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# The Policy fields an operator may override, all durations.
+DURATION_FIELDS = tuple(
+    f.name
+    for f in fields(Policy)
+    if isinstance(getattr(DEFAULT_POLICY, f.name), timedelta)
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a duration such as ``2h30m``, ``1d6h``, ``45m``, ``90s`` or ``0``.
+
+    Raises:
+        ValueError: the text is not such a duration.
+    """
+    text = text.strip()
+    if text == "0":
+        return timedelta(0)
+    match = DURATION_PATTERN.fullmatch(text)
+    if match is None or not any(match.groups()):
+        raise ValueError(
+            f"invalid duration {text!r}: use days, hours, minutes and seconds "
+            "in that order, such as 2h30m, 1d6h, 45m or 0"
+        )
+    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def policy_with_overrides(overrides: dict[str, str]) -> Policy:
+    """Return the default policy with some durations replaced.
+
+    ``overrides`` maps a duration field of ``Policy`` to a duration such as
+    ``"6h"``. Raises ValueError naming an unknown field or invalid duration.
+    """
+    changes: dict[str, Any] = {}
+    for name, text in overrides.items():
+        if name not in DURATION_FIELDS:
+            raise ValueError(
+                f"unknown policy duration {name!r}; "
+                f"expected one of {list(DURATION_FIELDS)}"
+            )
+        if not isinstance(text, str):
+            raise ValueError(f"policy duration {name!r} must be a string such as '8h'")
+        duration = parse_duration(text)
+        if duration <= timedelta(0):
+            raise ValueError(f"policy duration {name!r} must be longer than 0")
+        changes[name] = duration
+    return replace(DEFAULT_POLICY, **changes)
 
 
 def is_urgent(priority: str) -> bool:

@@ -8,6 +8,7 @@ events in arrival order, sends the mail that fell due and stores the record.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         NotificationResult,
         TicketDefaults,
     )
+    from workflows.policy import policy_with_overrides
 
 # Mail and database outages delay work, they must not lose it, so activities
 # retry without a limit; the backoff keeps a long outage cheap.
@@ -48,6 +50,8 @@ class TicketWorkflow:
         self._raw_opening = opening
         self._inbox: list[tuple[str, Any, datetime]] = []
         self._ledger: TicketLedger | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_due: datetime | None = None
 
     @workflow.run
     async def run(self, opening: Any) -> dict[str, Any]:
@@ -58,15 +62,19 @@ class TicketWorkflow:
                 f"invalid ticket input: {error}", type="InvalidTicketInput"
             ) from None
 
-        zone_name = parsed.timezone
-        if zone_name is None:
-            defaults = await workflow.execute_local_activity(
-                DEFAULTS_ACTIVITY,
-                result_type=TicketDefaults,
-                start_to_close_timeout=timedelta(seconds=10),
-            )
-            zone_name = defaults.timezone
-        self._ledger = TicketLedger(parsed, zone_name)
+        defaults = await workflow.execute_local_activity(
+            DEFAULTS_ACTIVITY,
+            result_type=TicketDefaults,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        try:
+            policy = policy_with_overrides(defaults.policy_overrides)
+        except ValueError as error:
+            raise ApplicationError(
+                f"invalid POLICY_OVERRIDES: {error}", type="InvalidPolicy"
+            ) from None
+        zone_name = parsed.timezone or defaults.timezone
+        self._ledger = TicketLedger(parsed, zone_name, policy)
         workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
 
         while True:
@@ -77,6 +85,8 @@ class TicketWorkflow:
                 break
             await self._sleep_until_next_due()
 
+        if self._timer is not None:
+            self._timer.cancel()
         workflow.logger.info(
             "Ticket closed",
             extra={"ticket_id": parsed.ticket_id, "reason": self._ledger.close_reason},
@@ -84,23 +94,32 @@ class TicketWorkflow:
         return self._ledger.status()
 
     async def _sleep_until_next_due(self) -> None:
+        """Wait for the ledger's next due time or the next event, whichever is first.
+
+        The timer outlives a wake-up by an event that leaves the next due time
+        as it was, so most events cost no timer cancellation in the history.
+        """
         assert self._ledger is not None
         self._show_details()
         upcoming = self._ledger.next_due()
-        if upcoming is None:
-            await workflow.wait_condition(lambda: bool(self._inbox))
-            return
-
-        when, obligation, is_reminder = upcoming
-        what = "reminder for " if is_reminder else ""
-        summary = f"{what}{obligation.kind} due {when.isoformat()} ({obligation.owner})"
-        timeout = max(when - workflow.now(), timedelta(milliseconds=1))
-        try:
-            await workflow.wait_condition(
-                lambda: bool(self._inbox), timeout=timeout, timeout_summary=summary
+        when = upcoming[0] if upcoming is not None else None
+        if self._timer is not None and (self._timer_due != when or self._timer.done()):
+            self._timer.cancel()
+            self._timer = None
+        if upcoming is not None and self._timer is None:
+            when, obligation, is_reminder = upcoming
+            what = "reminder for " if is_reminder else ""
+            summary = (
+                f"{what}{obligation.kind} due {when.isoformat()} ({obligation.owner})"
             )
-        except TimeoutError:
-            pass
+            duration = max(when - workflow.now(), timedelta(milliseconds=1))
+            self._timer = asyncio.create_task(workflow.sleep(duration, summary=summary))
+            self._timer_due = when
+
+        timer = self._timer
+        await workflow.wait_condition(
+            lambda: bool(self._inbox) or (timer is not None and timer.done())
+        )
 
     def _apply_inbox(self) -> None:
         assert self._ledger is not None
