@@ -858,3 +858,33 @@ async def test_policy_overrides_apply_to_new_tickets(service: Service) -> None:
     assert obligation_times(current, "first_contact") == [
         (iso(local(day, 12, 0)), "open")
     ]
+
+
+async def test_timer_summary_names_local_due(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 22, 0))
+    handle = await service.open(ticket)
+    await service.skip_to(local(day, 23, 45))
+    await handle.signal("claim", service.event(tech=TECH_K4))
+    await service.skip_to(local(day, 23, 50))
+
+    summaries = []
+    async for history_event in handle.fetch_history_events():
+        if history_event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+            summary = history_event.user_metadata.summary
+            summaries.append(
+                service.client.data_converter.payload_converter.from_payload(
+                    summary, str
+                )
+            )
+    next_day = day + timedelta(days=1)
+
+    def on_clock(hour: int) -> str:
+        return (
+            local(next_day, hour).astimezone(NEW_YORK).strftime("%a %Y-%m-%d %H:%M %Z")
+        )
+
+    assert summaries == [
+        f"claim of ops, due {on_clock(6)}",
+        f"reminder for first_contact of K-4, due {on_clock(9)}",
+    ]

@@ -169,6 +169,10 @@ class TicketLedger:
         self._hours_requests: list[HoursInput] = []
         self._open(opening)
 
+    def local_time(self, moment: datetime) -> str:
+        """Format ``moment`` on the customer's clock: ``Tue 2026-06-10 09:00 EDT``."""
+        return moment.astimezone(self.zone).strftime("%a %Y-%m-%d %H:%M %Z")
+
     # Opening and events
 
     def _open(self, opening: Opening) -> None:

@@ -109,9 +109,8 @@ class TicketWorkflow:
         if upcoming is not None and self._timer is None:
             when, obligation, is_reminder = upcoming
             what = "reminder for " if is_reminder else ""
-            summary = (
-                f"{what}{obligation.kind} due {when.isoformat()} ({obligation.owner})"
-            )
+            local_due = self._ledger.local_time(obligation.due_at)
+            summary = f"{what}{obligation.kind} of {obligation.owner}, due {local_due}"
             duration = max(when - workflow.now(), timedelta(milliseconds=1))
             self._timer = asyncio.create_task(workflow.sleep(duration, summary=summary))
             self._timer_due = when
@@ -185,13 +184,18 @@ class TicketWorkflow:
     def _show_details(self) -> None:
         """Show the open obligations in the UI's current details."""
         assert self._ledger is not None
+        ledger = self._ledger
         rows = [
-            f"| {o.kind} | {o.owner} | {o.due_at.isoformat()} |"
-            for o in self._ledger.obligations
+            f"| {o.kind} | {o.owner} | {ledger.local_time(o.due_at)} |"
+            for o in ledger.obligations
             if o.is_open
         ]
-        header = f"**{self._ledger.ticket_id}** ({self._ledger.state})\n\n"
-        table = "| obligation | owner | due (UTC) |\n|---|---|---|\n" + "\n".join(rows)
+        tech = ledger.tech.id if ledger.tech is not None else "no tech"
+        header = (
+            f"**{ledger.ticket_id}**: {ledger.state}, {ledger.priority}, {tech}; "
+            f"times in {ledger.zone_name}\n\n"
+        )
+        table = "| obligation | owner | due |\n|---|---|---|\n" + "\n".join(rows)
         workflow.set_current_details(header + (table if rows else "Nothing open."))
 
     def _queue(self, signal: str, payload: Any) -> None:
