@@ -21,7 +21,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -888,3 +894,17 @@ async def test_timer_summary_names_local_due(service: Service) -> None:
         f"claim of ops, due {on_clock(6)}",
         f"reminder for first_contact of K-4, due {on_clock(9)}",
     ]
+
+
+async def test_invalid_opening_fails_with_reason(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0), priority="urgent")
+    handle = await service.open(ticket)
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "InvalidTicketInput"
+    assert "invalid priority 'urgent'" in cause.message
+    await assert_no_task_failures(handle)
