@@ -118,6 +118,20 @@ class MailSink:
                 loop=loop,
             )
 
+    def smtp_settings(self) -> dict[str, Any]:
+        """Return the SMTP settings, by Settings field name, that reach this sink.
+
+        Plain SMTP without TLS, with the sink's credentials if it has any.
+        """
+        username, password = self.credentials or (None, None)
+        return {
+            "smtp_host": self.host,
+            "smtp_port": self.port,
+            "smtp_username": username,
+            "smtp_password": password,
+            "smtp_tls": None,
+        }
+
     # Faults
 
     def reject_recipient(

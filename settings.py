@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from temporalio.envconfig import ClientConfig, ClientConnectConfig
 
 from workflows.policy import policy_with_overrides
 
@@ -151,6 +152,18 @@ class Settings(BaseSettings):
     def mail_domain(self) -> str:
         """The domain of MAIL_FROM, used on the right of every Message-ID."""
         return self.mail_from_address.rpartition("@")[2]
+
+    def temporal_connect_config(self) -> ClientConnectConfig:
+        """Return the keyword arguments of ``Client.connect``.
+
+        TLS, an API key or gRPC metadata come from the Temporal CLI's client
+        profile (its TOML file and ``TEMPORAL_*`` variables). The address and
+        namespace always come from these settings.
+        """
+        config = ClientConfig.load_client_connect_config()
+        config["target_host"] = self.temporal_address
+        config["namespace"] = self.temporal_namespace
+        return config
 
     def __repr_args__(self) -> Any:
         # DATABASE_URL may carry a password, so show it masked. SMTP_PASSWORD is

@@ -33,7 +33,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
@@ -217,15 +216,11 @@ def new_event_id() -> str:
 async def connect(settings: Settings) -> Client:
     """Connect to the Temporal frontend named by the settings.
 
-    TLS, an API key or gRPC metadata come from the Temporal CLI's client
-    profile and ``TEMPORAL_*`` variables, as for the worker. The address and
-    namespace always come from the settings.
+    The client profile applies as for the worker; see
+    ``Settings.temporal_connect_config``.
     """
-    connect_config = ClientConfig.load_client_connect_config()
-    connect_config["target_host"] = settings.temporal_address
-    connect_config["namespace"] = settings.temporal_namespace
     try:
-        return await Client.connect(**connect_config)
+        return await Client.connect(**settings.temporal_connect_config())
     except RuntimeError as error:
         raise StarterError(
             f"cannot connect to Temporal at {settings.temporal_address} ({error}); "
@@ -249,23 +244,7 @@ class TicketClient:
 
     async def open(self, opening: dict[str, Any]) -> None:
         """Start the ticket's workflow. A ticket id is used once, even after close."""
-        ticket_id = opening["ticket_id"]
-        try:
-            await self.client.start_workflow(
-                WORKFLOW_TYPE,
-                opening,
-                id=workflow_id(ticket_id),
-                task_queue=self.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
-        except WorkflowAlreadyStartedError:
-            status = await self.execution_status(ticket_id)
-            if status == WorkflowExecutionStatus.RUNNING:
-                raise StarterError(f"ticket {ticket_id} is already open") from None
-            raise StarterError(
-                f"{self.ended_message(ticket_id, status)}. A ticket id is used "
-                "once, so open a new ticket id"
-            ) from None
+        await self._start(opening)
 
     async def send(
         self,
@@ -277,19 +256,9 @@ class TicketClient:
     ) -> None:
         """Send one event, or with ``opening`` start the ticket first if it is new."""
         if opening is not None:
-            try:
-                await self.client.start_workflow(
-                    WORKFLOW_TYPE,
-                    opening,
-                    id=workflow_id(ticket_id),
-                    task_queue=self.task_queue,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    start_signal=signal,
-                    start_signal_args=[payload],
-                )
-            except WorkflowAlreadyStartedError:
-                status = await self.execution_status(ticket_id)
-                raise StarterError(self.ended_message(ticket_id, status)) from None
+            # Signal-with-start: the server signals a running workflow of this
+            # id instead of starting a second one.
+            await self._start(opening, start_signal=signal, start_signal_args=[payload])
             return
 
         try:
@@ -303,6 +272,26 @@ class TicketClient:
             if status == WorkflowExecutionStatus.RUNNING:
                 raise
             raise StarterError(self.ended_message(ticket_id, status)) from None
+
+    async def _start(self, opening: dict[str, Any], **options: Any) -> None:
+        ticket_id = opening["ticket_id"]
+        try:
+            await self.client.start_workflow(
+                WORKFLOW_TYPE,
+                opening,
+                id=workflow_id(ticket_id),
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                **options,
+            )
+        except WorkflowAlreadyStartedError:
+            status = await self.execution_status(ticket_id)
+            if status == WorkflowExecutionStatus.RUNNING:
+                raise StarterError(f"ticket {ticket_id} is already open") from None
+            raise StarterError(
+                f"{self.ended_message(ticket_id, status)}. A ticket id is used "
+                "once, so open a new ticket id"
+            ) from None
 
     async def execution_status(self, ticket_id: str) -> WorkflowExecutionStatus | None:
         """Return the status of the ticket's latest workflow run.
@@ -359,16 +348,54 @@ class TicketClient:
     async def rejection_of(self, ticket_id: str, event_id: str) -> str | None:
         """Return why the workflow rejected ``event_id``, or None if it did not.
 
-        The server hands a query to the worker only after the workflow has
-        processed the signals recorded before it, so the result includes the
-        event just sent (seen with the Temporal dev server 1.32 and the
-        time-skipping test server).
+        Waits until the workflow is idle first, because it applies queued
+        events only between rounds of activities.
+
+        Raises:
+            StarterError: the workflow was still busy after CONFIRM_TIMEOUT, for
+                example because a mail waits for an unreachable mail server.
         """
+        await self.wait_until_idle(ticket_id, CONFIRM_TIMEOUT)
         current = await self.status(ticket_id, timeout=CONFIRM_TIMEOUT)
         for rejected in current.get("rejected", []):
             if rejected.get("event_id") == event_id:
                 return str(rejected.get("reason"))
         return None
+
+    async def wait_until_idle(self, ticket_id: str, timeout: timedelta) -> None:
+        """Wait until the ticket's workflow has no activity scheduled or running.
+
+        While an activity runs, the workflow only queues the signals it gets,
+        so a status query right after a signal may not include that event yet.
+        An idle workflow has applied every signal sent before the call (checked
+        with the Temporal dev server 1.32 and the time-skipping test server).
+
+        Raises:
+            StarterError: the ticket does not exist, or it is still busy after
+                ``timeout``.
+        """
+        handle = self.handle(ticket_id)
+        deadline = time.monotonic() + timeout.total_seconds()
+        while True:
+            status = await self.execution_status(ticket_id)
+            if status != WorkflowExecutionStatus.RUNNING:
+                return
+
+            # The server delivers a query only after the workflow task in
+            # progress, so an activity that task schedules shows up in the
+            # description read after it.
+            await self.status(ticket_id, timeout=timeout)
+            description = await handle.describe()
+            if not description.raw_description.pending_activities:
+                return
+            if time.monotonic() > deadline:
+                raise StarterError(
+                    f"ticket {ticket_id} still has activities running after "
+                    f"{timeout.total_seconds():g} s, such as a mail that waits "
+                    "for the mail server; its workflow in the Temporal web UI "
+                    "shows them"
+                )
+            await asyncio.sleep(0.05)
 
 
 # Local time
@@ -831,29 +858,24 @@ def _resolve(value: Any, table: dict[str, dict[str, Any]], name: str) -> dict[st
 
 
 def _check_opening(ticket_id: str, fields: dict[str, Any]) -> None:
+    # Any time serves, because the opening is only checked here.
     try:
-        opening_payload(
-            ticket_id=ticket_id,
-            opened_at=datetime(2000, 1, 1, tzinfo=UTC),
-            priority=fields.get("priority", "normal"),
-            customer=fields["customer"],
-            tech=fields.get("tech"),
-            tech_created=bool(fields.get("tech_created", False)),
-        )
+        planned_opening(fields, ticket_id, datetime(2000, 1, 1, tzinfo=UTC))
     except StarterError as error:
         raise ValueError(str(error)) from None
 
 
 def planned_opening(
-    event: PlannedEvent, ticket_id: str, opened_at: datetime
+    fields: dict[str, Any], ticket_id: str, opened_at: datetime
 ) -> dict[str, Any]:
+    """Build the opening of an ``open`` line's fields, validated like the workflow."""
     return opening_payload(
         ticket_id=ticket_id,
         opened_at=opened_at,
-        priority=event.fields.get("priority", "normal"),
-        customer=event.fields["customer"],
-        tech=event.fields.get("tech"),
-        tech_created=bool(event.fields.get("tech_created", False)),
+        priority=fields.get("priority", "normal"),
+        customer=fields["customer"],
+        tech=fields.get("tech"),
+        tech_created=bool(fields.get("tech_created", False)),
     )
 
 
@@ -866,7 +888,7 @@ async def send_planned(
     """Send one planned event as the portal would and return the ticket id used."""
     ticket_id = event.ticket_id + ticket_suffix
     if event.event == "open":
-        await tickets.open(planned_opening(event, ticket_id, at))
+        await tickets.open(planned_opening(event.fields, ticket_id, at))
         return ticket_id
     payload = event_payload(
         event.event, event_id=event.event_id, occurred_at=at, fields=event.fields
@@ -1068,9 +1090,9 @@ class Simulation:
     temporary SQLite database. Both are removed at the end.
     """
 
-    # Real seconds to wait for running activities (mail, record) to finish
+    # Real time to wait for running activities (mail, record) to finish
     # before reading the database.
-    IDLE_TIMEOUT = 30.0
+    IDLE_TIMEOUT = timedelta(seconds=30)
 
     def __init__(
         self,
@@ -1115,11 +1137,7 @@ class Simulation:
                 settings = load_settings(
                     temporal_task_queue=f"simulate-{uuid.uuid4()}",
                     database_url=database_url,
-                    smtp_host="127.0.0.1",
-                    smtp_port=sink.port,
-                    smtp_username=None,
-                    smtp_password=None,
-                    smtp_tls=None,
+                    **sink.smtp_settings(),
                 )
                 activities = TicketActivities.from_settings(settings)
                 try:
@@ -1206,29 +1224,9 @@ class Simulation:
             await env.sleep(max(target - now, timedelta(seconds=1)))
 
     async def _wait_until_idle(self, tickets: TicketClient) -> None:
-        """Wait until no open ticket has an activity running or scheduled.
-
-        The status query returns after the workflow has handled its pending
-        work, so an activity the workflow schedules next shows up in the
-        description read after it.
-        """
-        deadline = time.monotonic() + self.IDLE_TIMEOUT
+        """Wait until no open ticket has an activity running or scheduled."""
         for ticket_id in self.ticket_ids:
-            while True:
-                handle = tickets.handle(ticket_id)
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                await tickets.status(ticket_id)
-                description = await handle.describe()
-                if not description.raw_description.pending_activities:
-                    break
-                if time.monotonic() > deadline:
-                    raise StarterError(
-                        f"ticket {ticket_id} still has activities running after "
-                        f"{self.IDLE_TIMEOUT:g} s"
-                    )
-                await asyncio.sleep(0.05)
+            await tickets.wait_until_idle(ticket_id, self.IDLE_TIMEOUT)
 
     async def _read_outcomes(
         self, tickets: TicketClient, store: Store, default_timezone: str

@@ -169,11 +169,7 @@ class Mailer:
         text = write_notice(notification, self.settings.default_timezone)
 
         try:
-            message = self._new_message(self.message_id(notification), text.subject)
-            # For mail filters and tests; most mail clients hide X- headers.
-            message["X-Ticket-Id"] = notification.ticket_id
-            message["X-Notification-Kind"] = notification.kind
-            message["X-Notification-Role"] = notification.role
+            message = self._new_message(self._mail(notification), text.subject)
         except ValueError as error:
             # The email package rejects line breaks in header values.
             raise InvalidNotification(f"invalid mail header: {error}") from error
@@ -214,32 +210,21 @@ class Mailer:
             return await self._result_of_earlier_attempt(earlier)
 
         message = self.compose(notification)
-        address = self.recipient_address(notification)
-        mail = _Mail(
-            message_id=message_id,
+        mail = self._mail(notification)
+        if mail.recipient is None:
+            return await self._fail(mail, f"the {mail.role} has no mail address")
+        if not _is_mail_address(mail.recipient):
+            return await self._fail(mail, f"the {mail.role}'s mail address is invalid")
+        return await self._send_and_record(mail, message)
+
+    def _mail(self, notification: NotificationInput) -> _Mail:
+        return _Mail(
+            message_id=self.message_id(notification),
             ticket_id=notification.ticket_id,
             kind=notification.kind,
             role=notification.role,
-            recipient=address,
+            recipient=self.recipient_address(notification),
         )
-        if address is None:
-            return await self._fail(mail, f"the {mail.role} has no mail address")
-        if not _is_mail_address(address):
-            return await self._fail(mail, f"the {mail.role}'s mail address is invalid")
-
-        try:
-            await self._deliver(mail, message)
-        except _PermanentFailure as failure:
-            return await self._fail(mail, str(failure))
-        except _Unconfirmed as unconfirmed:
-            detail = f"unconfirmed: {unconfirmed}"
-            await self._record(mail, "unconfirmed", detail)
-            _log_unconfirmed(mail, detail)
-            return NotificationResult("sent", message_id, detail)
-
-        await self._record(mail, "sent", None)
-        _logger().info("Mail sent", extra=mail.log_fields())
-        return NotificationResult("sent", message_id)
 
     async def _result_of_earlier_attempt(
         self, earlier: MailRecord
@@ -272,18 +257,42 @@ class Mailer:
         await self._report_failure(mail, earlier.detail or "unknown")
         return NotificationResult("failed", mail.message_id, earlier.detail)
 
+    async def _send_and_record(
+        self, mail: _Mail, message: EmailMessage
+    ) -> NotificationResult:
+        """Hand the message to the server and record what became of it.
+
+        A permanent failure is reported to OPS_EMAIL unless the mail went there.
+        Raises MailDeliveryDelayed on a temporary failure.
+        """
+        try:
+            await self._deliver(mail, message)
+        except _PermanentFailure as failure:
+            return await self._fail(mail, str(failure))
+        except _Unconfirmed as unconfirmed:
+            detail = f"unconfirmed: {unconfirmed}"
+            await self._record(mail, "unconfirmed", detail)
+            _log_unconfirmed(mail, detail)
+            return NotificationResult("sent", mail.message_id, detail)
+
+        await self._record(mail, "sent", None)
+        _logger().info("Mail sent", extra=mail.log_fields())
+        return NotificationResult("sent", mail.message_id)
+
     async def _fail(self, mail: _Mail, reason: str) -> NotificationResult:
         await self._record(mail, "failed", reason)
-        _logger().warning(
-            "Mail delivery failed permanently",
-            extra={**mail.log_fields(), "reason": redact_addresses(reason)},
-        )
+        extra = {**mail.log_fields(), "reason": redact_addresses(reason)}
+        if mail.role == "ops":
+            # A failed mail to ops is only logged, at error level, because a report
+            # would go to the same address.
+            _logger().error("Mail to ops failed permanently", extra=extra)
+            return NotificationResult("failed", mail.message_id, reason)
+
+        _logger().warning("Mail delivery failed permanently", extra=extra)
         await self._report_failure(mail, reason)
         return NotificationResult("failed", mail.message_id, reason)
 
     async def _report_failure(self, failed: _Mail, reason: str) -> None:
-        # A failed mail to ops is only logged: a report would go to the same
-        # address.
         if failed.role == "ops":
             return
 
@@ -299,13 +308,10 @@ class Mailer:
             return
 
         message = self._new_message(
-            report.message_id,
+            report,
             f"[{failed.ticket_id}] Mail to the {failed.role} could not be delivered",
         )
         message["To"] = self.settings.ops_email
-        message["X-Ticket-Id"] = failed.ticket_id
-        message["X-Notification-Kind"] = report.kind
-        message["X-Notification-Role"] = report.role
         summary = (
             f"The {failed.kind} mail to the {failed.role} of ticket "
             f"{failed.ticket_id} could not be delivered and will not be retried."
@@ -329,33 +335,21 @@ class Mailer:
                 ]
             )
         )
+        await self._send_and_record(report, message)
 
-        try:
-            await self._deliver(report, message)
-        except _PermanentFailure as failure:
-            await self._record(report, "failed", str(failure))
-            _logger().error(
-                "Failure report to ops could not be delivered",
-                extra={**report.log_fields(), "reason": redact_addresses(str(failure))},
-            )
-            return
-        except _Unconfirmed as unconfirmed:
-            detail = f"unconfirmed: {unconfirmed}"
-            await self._record(report, "unconfirmed", detail)
-            _log_unconfirmed(report, detail)
-            return
-
-        await self._record(report, "sent", None)
-        _logger().info("Failure report sent to ops", extra=report.log_fields())
-
-    def _new_message(self, message_id: str, subject: str) -> EmailMessage:
+    def _new_message(self, mail: _Mail, subject: str) -> EmailMessage:
+        # Raises ValueError when a header value contains a line break.
         message = EmailMessage(policy=MESSAGE_POLICY)
         message["From"] = self.settings.mail_from
         message["Subject"] = subject
         message["Date"] = format_datetime(datetime.now(UTC))
-        message["Message-ID"] = message_id
+        message["Message-ID"] = mail.message_id
         # Asks auto-responders not to reply (RFC 3834).
         message["Auto-Submitted"] = "auto-generated"
+        # For mail filters and tests; most mail clients hide X- headers.
+        message["X-Ticket-Id"] = mail.ticket_id
+        message["X-Notification-Kind"] = mail.kind
+        message["X-Notification-Role"] = mail.role
         return message
 
     async def _record(self, mail: _Mail, status: str, detail: str | None) -> None:
@@ -474,5 +468,5 @@ def _is_mail_address(address: str) -> bool:
 def _log_unconfirmed(mail: _Mail, detail: str) -> None:
     _logger().warning(
         "Mail delivery unconfirmed, not sending again",
-        extra={**mail.log_fields(), "reason": detail},
+        extra={**mail.log_fields(), "reason": redact_addresses(detail)},
     )

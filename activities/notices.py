@@ -47,6 +47,19 @@ class NoticeText:
     body: str
 
 
+@dataclass(frozen=True)
+class StaffText:
+    """The parts of a mail to a tech or ops that differ by kind and role.
+
+    ``write_notice`` puts the ticket id in front of the subject and lays out
+    the body with the ticket's facts between the summary and what to do.
+    """
+
+    subject: str
+    summary: str
+    what_to_do: str
+
+
 def write_notice(notification: NotificationInput, default_timezone: str) -> NoticeText:
     """Write the notification's subject and body for its reader.
 
@@ -70,8 +83,19 @@ def write_notice(notification: NotificationInput, default_timezone: str) -> Noti
         )
     staff_writer = STAFF_WRITERS.get(notification.kind)
     if staff_writer is None:
+        if notification.kind in CUSTOMER_WRITERS:
+            raise InvalidNotification(
+                f"notification kind {notification.kind!r} is only sent to customers"
+            )
         raise InvalidNotification(f"unknown notification kind {notification.kind!r}")
-    return staff_writer(facts)
+
+    # Every staff subject starts with the ticket id, so mail clients sort and
+    # filter the mails of one ticket together.
+    text = staff_writer(facts)
+    return NoticeText(
+        f"[{facts.ticket}] {text.subject}",
+        facts.staff_body(text.summary, text.what_to_do),
+    )
 
 
 def format_local_time(moment: datetime, zone: ZoneInfo) -> str:
@@ -101,7 +125,10 @@ class Facts:
     customer: str
     tech: str
     priority: str
-    # When the mail was due: the moment its event happened, in full.
+    # When the mail was due (the moment its event happened) and when what is
+    # owed is due, as aware UTC times and in full local text.
+    mail_due_at: datetime
+    owed_due_at: datetime | None
     mail_due: str
     owed: str | None
     owed_by: str | None
@@ -113,7 +140,7 @@ class Facts:
         zone = _zone(notification.timezone or default_timezone)
         mail_due = _parse_time(notification.due_at, "due_at")
 
-        owed_by = owed_by_short = None
+        owed_due = owed_by = owed_by_short = None
         if notification.owed_due_at:
             owed_due = _parse_time(notification.owed_due_at, "owed_due_at")
             owed_by = format_local_time(owed_due, zone)
@@ -131,6 +158,8 @@ class Facts:
             customer=customer_name or "the customer",
             tech=tech_name or "the tech",
             priority=notification.priority,
+            mail_due_at=mail_due,
+            owed_due_at=owed_due,
             mail_due=format_local_time(mail_due, zone),
             owed=OWED_TEXT.get(owed_kind, owed_kind) if owed_kind else None,
             owed_by=owed_by,
@@ -201,212 +230,164 @@ def _parse_time(value: str, field_name: str) -> datetime:
 # Mails to techs and ops
 
 
-def _assigned(facts: Facts) -> NoticeText:
+def _assigned(facts: Facts) -> StaffText:
     if facts.to_ops:
-        return NoticeText(
-            f"[{facts.ticket}] Assigned to {facts.tech}",
-            facts.staff_body(
-                f"Ticket {facts.ticket} is now assigned to {facts.tech}.",
-                "nothing, unless the tech misses the first contact.",
-            ),
+        return StaffText(
+            f"Assigned to {facts.tech}",
+            f"Ticket {facts.ticket} is now assigned to {facts.tech}.",
+            "nothing, unless the tech misses the first contact.",
         )
-    return NoticeText(
-        f"[{facts.ticket}] Ticket assigned to you",
-        facts.staff_body(
-            f"Ticket {facts.ticket} for {facts.customer} is now assigned to you.",
-            "call or email the customer before the due time and log the attempt "
-            "on the ticket. Leaving a message counts as contact.",
-        ),
+    # The mail names the first-contact due time only when it was given.
+    when = "before the due time" if facts.owed_by else "as soon as you can"
+    return StaffText(
+        "Ticket assigned to you",
+        f"Ticket {facts.ticket} for {facts.customer} is now assigned to you.",
+        f"call or email the customer {when} and log the attempt on the "
+        "ticket. Leaving a message counts as contact.",
     )
 
 
-def _first_contact_reminder(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] First contact due{facts.due_suffix()}",
-        facts.staff_body(
-            f"First contact with {facts.customer} on ticket {facts.ticket} is due "
-            "soon, and no contact attempt is logged yet.",
-            "call or email the customer before the due time and log the attempt. "
-            "Leaving a message counts as contact.",
-        ),
+def _first_contact_reminder(facts: Facts) -> StaffText:
+    return StaffText(
+        f"First contact due{facts.due_suffix()}",
+        f"First contact with {facts.customer} on ticket {facts.ticket} is due "
+        "soon, and no contact attempt is logged yet.",
+        "call or email the customer before the due time and log the attempt. "
+        "Leaving a message counts as contact.",
     )
 
 
-def _first_contact_breach(facts: Facts) -> NoticeText:
+def _first_contact_breach(facts: Facts) -> StaffText:
     if facts.to_ops:
-        return NoticeText(
-            f"[{facts.ticket}] First contact missed",
-            facts.staff_body(
-                f"{facts.tech} has not logged first contact with {facts.customer} "
-                f"on ticket {facts.ticket}, and it is past due.",
-                "check with the tech, or reassign the ticket.",
-            ),
+        return StaffText(
+            "First contact missed",
+            f"{facts.tech} has not logged first contact with {facts.customer} "
+            f"on ticket {facts.ticket}, and it is past due.",
+            "check with the tech, or reassign the ticket.",
         )
-    return NoticeText(
-        f"[{facts.ticket}] First contact is overdue",
-        facts.staff_body(
-            f"First contact with {facts.customer} on ticket {facts.ticket} is past "
-            "due, and no contact attempt is logged.",
-            "call or email the customer now and log the attempt.",
-        ),
+    return StaffText(
+        "First contact is overdue",
+        f"First contact with {facts.customer} on ticket {facts.ticket} is past "
+        "due, and no contact attempt is logged.",
+        "call or email the customer now and log the attempt.",
     )
 
 
-def _staff_check_in(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Check-in mail to the customer",
-        facts.staff_body(
-            f"{facts.customer} was asked whether the tech on ticket {facts.ticket} "
-            "has been in touch.",
-            "nothing.",
-        ),
-    )
-
-
-def _notes_reminder(facts: Facts) -> NoticeText:
-    summary = (
+def _notes_reminder(facts: Facts) -> StaffText:
+    return StaffText(
+        f"Ticket notes due{facts.due_suffix()}",
         f"The notes for the contact with {facts.customer} on ticket "
-        f"{facts.ticket} are due soon."
-    )
-    return NoticeText(
-        f"[{facts.ticket}] Ticket notes due{facts.due_suffix()}",
-        facts.staff_body(
-            summary,
-            "update the ticket notes before the due time, even if nobody reached "
-            "the customer.",
-        ),
+        f"{facts.ticket} are due soon.",
+        "update the ticket notes before the due time, even if nobody reached "
+        "the customer.",
     )
 
 
-def _notes_breach(facts: Facts) -> NoticeText:
+def _notes_breach(facts: Facts) -> StaffText:
     if facts.to_ops:
-        return NoticeText(
-            f"[{facts.ticket}] Ticket notes missed",
-            facts.staff_body(
-                f"The notes on ticket {facts.ticket} were not updated after a "
-                f"contact with {facts.customer}, and they are past due.",
-                "ask the tech to update the notes.",
-            ),
+        return StaffText(
+            "Ticket notes missed",
+            f"The notes on ticket {facts.ticket} were not updated after a "
+            f"contact with {facts.customer}, and they are past due.",
+            "ask the tech to update the notes.",
         )
-    return NoticeText(
-        f"[{facts.ticket}] Ticket notes are overdue",
-        facts.staff_body(
-            f"The notes for your contact with {facts.customer} on ticket "
-            f"{facts.ticket} are past due.",
-            "update the ticket notes now.",
-        ),
+    return StaffText(
+        "Ticket notes are overdue",
+        f"The notes for your contact with {facts.customer} on ticket "
+        f"{facts.ticket} are past due.",
+        "update the ticket notes now.",
     )
 
 
-def _reply_reminder(facts: Facts) -> NoticeText:
+def _reply_reminder(facts: Facts) -> StaffText:
     if facts.to_ops:
-        return NoticeText(
-            f"[{facts.ticket}] Customer needs a reply{facts.due_suffix()}",
-            facts.staff_body(
-                f"{facts.customer} sent a message on ticket {facts.ticket}, "
-                "which has no tech, and nobody has replied yet.",
-                "reply to the customer, or assign a tech who can.",
-            ),
+        return StaffText(
+            f"Customer needs a reply{facts.due_suffix()}",
+            f"{facts.customer} sent a message on ticket {facts.ticket}, "
+            "which has no tech, and nobody has replied yet.",
+            "reply to the customer, or assign a tech who can.",
         )
-    return NoticeText(
-        f"[{facts.ticket}] Reply to the customer due{facts.due_suffix()}",
-        facts.staff_body(
-            f"{facts.customer} sent a message on ticket {facts.ticket} and is "
-            "waiting for your reply.",
-            "call or email the customer before the due time and log the attempt.",
-        ),
+    return StaffText(
+        f"Reply to the customer due{facts.due_suffix()}",
+        f"{facts.customer} sent a message on ticket {facts.ticket} and is "
+        "waiting for your reply.",
+        "call or email the customer before the due time and log the attempt.",
     )
 
 
-def _reply_breach(facts: Facts) -> NoticeText:
+def _reply_breach(facts: Facts) -> StaffText:
     if facts.to_ops:
-        return NoticeText(
-            f"[{facts.ticket}] Customer reply missed",
-            facts.staff_body(
-                f"Nobody has replied to the message {facts.customer} sent on "
-                f"ticket {facts.ticket}, and the reply is past due.",
-                "check with the tech, or reassign the ticket.",
-            ),
+        return StaffText(
+            "Customer reply missed",
+            f"Nobody has replied to the message {facts.customer} sent on "
+            f"ticket {facts.ticket}, and the reply is past due.",
+            "check with the tech, or reassign the ticket.",
         )
-    return NoticeText(
-        f"[{facts.ticket}] Reply to the customer is overdue",
-        facts.staff_body(
-            f"{facts.customer} is still waiting for a reply on ticket "
-            f"{facts.ticket}, and it is past due.",
-            "call or email the customer now and log the attempt.",
-        ),
+    return StaffText(
+        "Reply to the customer is overdue",
+        f"{facts.customer} is still waiting for a reply on ticket "
+        f"{facts.ticket}, and it is past due.",
+        "call or email the customer now and log the attempt.",
     )
 
 
-def _try_other_method(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Try another way to reach the customer",
-        facts.staff_body(
-            f"{facts.customer} has not responded on ticket {facts.ticket} since "
-            "the last contact attempt.",
-            "contact the customer by a method not tried yet, for example phone "
-            "instead of email, before the due time, and log the attempt.",
-        ),
+def _try_other_method(facts: Facts) -> StaffText:
+    return StaffText(
+        "Try another way to reach the customer",
+        f"{facts.customer} has not responded on ticket {facts.ticket} since "
+        "the last contact attempt.",
+        "contact the customer by a method not tried yet, for example phone "
+        "instead of email, before the due time, and log the attempt.",
     )
 
 
-def _try_all_methods(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Try every way to reach the customer",
-        facts.staff_body(
-            f"{facts.customer} still has not responded on ticket {facts.ticket}.",
-            "try every contact method on file for the customer once more before "
-            "the due time, and log each attempt. If the customer does not "
-            "answer, the ticket closes as unreachable.",
-        ),
+def _try_all_methods(facts: Facts) -> StaffText:
+    return StaffText(
+        "Try every way to reach the customer",
+        f"{facts.customer} still has not responded on ticket {facts.ticket}.",
+        "try every contact method on file for the customer once more before "
+        "the due time, and log each attempt. If the customer does not "
+        "answer, the ticket closes as unreachable.",
     )
 
 
-def _ladder_incomplete(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Unreachable-customer steps not done",
-        facts.staff_body(
-            f"A step for reaching {facts.customer} on ticket {facts.ticket} is "
-            "past due and not done, so the ticket stays open.",
-            "ask the tech to make the missing contact attempts, or close the ticket.",
-        ),
+def _ladder_incomplete(facts: Facts) -> StaffText:
+    return StaffText(
+        "Unreachable-customer steps not done",
+        f"A step for reaching {facts.customer} on ticket {facts.ticket} is "
+        "past due and not done, so the ticket stays open.",
+        "ask the tech to make the missing contact attempts, or close the ticket.",
     )
 
 
-def _closed_unreachable(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Closed: customer unreachable",
-        facts.staff_body(
-            f"Ticket {facts.ticket} was closed as unreachable on {facts.mail_due}, "
-            f"because {facts.customer} did not respond to repeated contact attempts.",
-            "nothing. If the customer gets in touch later, open a new ticket.",
-        ),
+def _closed_unreachable(facts: Facts) -> StaffText:
+    return StaffText(
+        "Closed: customer unreachable",
+        f"Ticket {facts.ticket} was closed as unreachable on {facts.mail_due}, "
+        f"because {facts.customer} did not respond to repeated contact attempts.",
+        "nothing. If the customer gets in touch later, open a new ticket.",
     )
 
 
-def _unclaimed_breach(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Ticket not claimed",
-        facts.staff_body(
-            f"No tech has claimed ticket {facts.ticket} for {facts.customer}, and "
-            "the claim is past due.",
-            "assign a tech, or ask one to claim the ticket.",
-        ),
+def _unclaimed_breach(facts: Facts) -> StaffText:
+    return StaffText(
+        "Ticket not claimed",
+        f"No tech has claimed ticket {facts.ticket} for {facts.customer}, and "
+        "the claim is past due.",
+        "assign a tech, or ask one to claim the ticket.",
     )
 
 
-def _released(facts: Facts) -> NoticeText:
-    return NoticeText(
-        f"[{facts.ticket}] Ticket released, needs a tech",
-        facts.staff_body(
-            f"Ticket {facts.ticket} for {facts.customer} was released on "
-            f"{facts.mail_due} and has no tech now.",
-            "find a tech to claim the ticket.",
-        ),
+def _released(facts: Facts) -> StaffText:
+    return StaffText(
+        "Ticket released, needs a tech",
+        f"Ticket {facts.ticket} for {facts.customer} was released on "
+        f"{facts.mail_due} and has no tech now.",
+        "find a tech to claim the ticket.",
     )
 
 
-def _hours_warning(facts: Facts) -> NoticeText:
+def _hours_warning(facts: Facts) -> StaffText:
     notification = facts.notification
     used = notification.hours_used or 0.0
     included = notification.hours_included
@@ -430,10 +411,7 @@ def _hours_warning(facts: Facts) -> NoticeText:
             "tell the customer how many included hours are left before you do "
             "more work this month."
         )
-    return NoticeText(
-        f"[{facts.ticket}] {facts.customer}: {usage} used",
-        facts.staff_body(summary, action),
-    )
+    return StaffText(f"{facts.customer}: {usage} used", summary, action)
 
 
 def _month_name(month: str | None) -> str | None:
@@ -454,10 +432,13 @@ def _customer_check_in(facts: Facts) -> NoticeText:
     tech = facts.tech_name or "your technician"
     # The same name, to start a sentence.
     tech_subject = facts.tech_name or "Your technician"
-    if facts.owed_by:
+    if facts.owed_due_at is None:
+        expected = f"{tech_subject} should have been in touch with you by now."
+    elif facts.owed_due_at <= facts.mail_due_at:
         expected = f"{tech_subject} was due to contact you by {facts.owed_by}."
     else:
-        expected = f"{tech_subject} should have been in touch with you by now."
+        # A reassigned ticket: the new tech's first contact is still ahead.
+        expected = f"{tech_subject} is due to contact you by {facts.owed_by}."
     return NoticeText(
         f"Ticket {facts.ticket}: has your technician been in touch?",
         facts.customer_body(
@@ -485,11 +466,10 @@ def _customer_closed_unreachable(facts: Facts) -> NoticeText:
     )
 
 
-STAFF_WRITERS: dict[str, Callable[[Facts], NoticeText]] = {
+STAFF_WRITERS: dict[str, Callable[[Facts], StaffText]] = {
     "assigned": _assigned,
     "first_contact_reminder": _first_contact_reminder,
     "first_contact_breach": _first_contact_breach,
-    "check_in": _staff_check_in,
     "notes_reminder": _notes_reminder,
     "notes_breach": _notes_breach,
     "reply_reminder": _reply_reminder,

@@ -33,10 +33,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from workflows.model import HoursInput, HoursResult, Person, RecordInput
+from workflows.model import HoursInput, HoursResult, RecordInput
 
 # Statuses of a sent_mail row. The module activities.mailer describes each one.
 MAIL_STATUSES = ("delayed", "sending", "unconfirmed", "sent", "failed")
+
+# A month's total this many hours below a warning threshold still reaches it,
+# because sums and products of decimal hours round in floating point: 0.8 * 3
+# is 2.4000000000000004, so 2.4 of 3 hours would otherwise miss 80%.
+HOURS_TOLERANCE = 1e-6
 
 
 class InvalidInput(ValueError):
@@ -287,10 +292,27 @@ class Store:
             (entry.sequence for entry in changes.entries), default=None
         )
 
+        customer = changes.customer
         with self.engine.begin() as connection:
-            self._upsert_customer(connection, changes.customer, now)
+            self._upsert(
+                connection,
+                Customer,
+                id=customer.id,
+                name=customer.name,
+                email=customer.email,
+                phone=customer.phone,
+                updated_at=now,
+            )
             if changes.tech is not None:
-                self._upsert_tech(connection, changes.tech, now)
+                tech = changes.tech
+                self._upsert(
+                    connection,
+                    Tech,
+                    id=tech.id,
+                    name=tech.name,
+                    email=tech.email,
+                    updated_at=now,
+                )
             self._upsert_ticket(
                 connection, changes, opened_at, closed_at, batch_sequence, now
             )
@@ -342,7 +364,8 @@ class Store:
             ).scalar_one()
 
             for threshold in sorted(logged.warning_thresholds):
-                if used_hours >= threshold * logged.included_hours:
+                limit = threshold * logged.included_hours
+                if used_hours >= limit - HOURS_TOLERANCE:
                     claim = self._insert(HoursWarning).values(
                         customer_id=logged.customer_id,
                         month=logged.month,
@@ -472,39 +495,16 @@ class Store:
         dialect = postgresql if self._dialect == "postgresql" else sqlite
         return dialect.insert(table)
 
-    def _upsert_customer(
-        self, connection: Connection, customer: Person, now: datetime
+    def _upsert(
+        self, connection: Connection, table: type[SQLModel], **values: Any
     ) -> None:
-        statement = self._insert(Customer).values(
-            id=customer.id,
-            name=customer.name,
-            email=customer.email,
-            phone=customer.phone,
-            updated_at=now,
-        )
+        # Insert the row, or update every column but the primary key ``id``.
+        statement = self._insert(table).values(**values)
         connection.execute(
             statement.on_conflict_do_update(
                 index_elements=["id"],
                 set_={
-                    "name": statement.excluded.name,
-                    "email": statement.excluded.email,
-                    "phone": statement.excluded.phone,
-                    "updated_at": statement.excluded.updated_at,
-                },
-            )
-        )
-
-    def _upsert_tech(self, connection: Connection, tech: Person, now: datetime) -> None:
-        statement = self._insert(Tech).values(
-            id=tech.id, name=tech.name, email=tech.email, updated_at=now
-        )
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["id"],
-                set_={
-                    "name": statement.excluded.name,
-                    "email": statement.excluded.email,
-                    "updated_at": statement.excluded.updated_at,
+                    name: statement.excluded[name] for name in values if name != "id"
                 },
             )
         )
@@ -534,24 +534,18 @@ class Store:
         statement = self._insert(Ticket).values(
             id=changes.ticket_id, last_sequence=batch_sequence or 0, **state
         )
-
-        if batch_sequence is None:
-            # A batch without entries carries no order, so it is taken as current
-            # and keeps the stored sequence.
-            update = statement.on_conflict_do_update(
-                index_elements=["id"],
-                set_={name: statement.excluded[name] for name in state},
+        set_ = {name: statement.excluded[name] for name in state}
+        newer_only = None
+        # A batch without entries carries no order, so it is taken as current
+        # and keeps the stored sequence.
+        if batch_sequence is not None:
+            set_["last_sequence"] = statement.excluded.last_sequence
+            newer_only = col(Ticket.last_sequence) <= statement.excluded.last_sequence
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["id"], set_=set_, where=newer_only
             )
-        else:
-            update = statement.on_conflict_do_update(
-                index_elements=["id"],
-                set_={
-                    **{name: statement.excluded[name] for name in state},
-                    "last_sequence": statement.excluded.last_sequence,
-                },
-                where=col(Ticket.last_sequence) <= statement.excluded.last_sequence,
-            )
-        connection.execute(update)
+        )
 
     def _lock_customer_month(
         self, connection: Connection, customer_id: str, month: str

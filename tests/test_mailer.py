@@ -195,6 +195,23 @@ def test_compose_check_in_says_when_tech_was_due(composer: Mailer) -> None:
     assert "please let us know through the support portal" in body
 
 
+def test_compose_check_in_after_reassign_says_is_due(composer: Mailer) -> None:
+    # The new tech's first contact falls due after the check-in mail goes out.
+    later = "2026-06-10T15:30:00+00:00"
+    message = composer.compose(
+        notification(
+            "check_in", "customer", owed_kind="first_contact", owed_due_at=later
+        )
+    )
+    body = " ".join(message.get_content().split())
+
+    assert (
+        "Kim Park is due to contact you by Wednesday 10 June 2026, 11:30 EDT "
+        "(America/New_York)."
+    ) in body
+    assert "was due" not in body
+
+
 def test_compose_check_in_without_open_first_contact(composer: Mailer) -> None:
     message = composer.compose(notification("check_in", "customer", tech_name=None))
     body = " ".join(message.get_content().split())
@@ -203,6 +220,27 @@ def test_compose_check_in_without_open_first_contact(composer: Mailer) -> None:
         "Your support ticket T-1001 has been taken on by your technician. "
         "Your technician should have been in touch with you by now."
     ) in body
+
+
+def test_compose_assigned_without_due_time(composer: Mailer) -> None:
+    message = composer.compose(notification("assigned", "tech"))
+    body = " ".join(message.get_content().split())
+
+    assert "call or email the customer as soon as you can" in body
+    assert "the due time" not in body
+    assert "Due by:" not in body
+
+
+def test_compose_assigned_names_due_time(composer: Mailer) -> None:
+    message = composer.compose(
+        notification(
+            "assigned", "tech", owed_kind="first_contact", owed_due_at=OWED_DUE_AT
+        )
+    )
+    body = " ".join(message.get_content().split())
+
+    assert "call or email the customer before the due time" in body
+    assert f"Due by: {OWED_DUE_LOCAL}" in body
 
 
 def test_compose_closed_unreachable_tells_customer_when(composer: Mailer) -> None:
@@ -302,6 +340,7 @@ def test_compose_addresses_each_role(composer: Mailer) -> None:
         ({"kind": "birthday"}, "unknown notification kind 'birthday'"),
         ({"role": "customer", "recipient": CUSTOMER}, "never sent to customers"),
         ({"role": "manager"}, "unknown role 'manager'"),
+        ({"kind": "check_in"}, "kind 'check_in' is only sent to customers"),
         ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"due_at": "2026-06-10T15:00:00"}, "due_at .* has no UTC offset"),
         ({"owed_due_at": "soon"}, "owed_due_at 'soon' is not an ISO 8601 time"),
@@ -486,15 +525,20 @@ async def test_send_550_recipient_fails_and_reports_once(
 
 
 async def test_send_550_data_to_ops_sends_no_report(
-    mailer: Mailer, mail_sink: MailSink
+    mailer: Mailer, mail_sink: MailSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     mail_sink.reply_to_data("550 5.7.1 Message rejected")
+    caplog.set_level(logging.DEBUG, logger="activities")
 
     result = await mailer.send(notification("released", "ops"))
 
     assert result.status == "failed"
     assert result.detail == "message rejected: 550 5.7.1 Message rejected"
     assert mail_sink.messages == []
+    # No report goes out about it, so the log is the only trace.
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "Mail to ops failed permanently")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -612,10 +656,12 @@ async def test_send_logs_no_recipient_address(
         logged = record.getMessage() + " " + " ".join(map(str, vars(record).values()))
         assert "dana@customer.test" not in logged
         assert "kim@techs.test" not in logged
-    assert [record.getMessage() for record in caplog.records] == [
-        "Mail delivery failed permanently",
-        "Failure report sent to ops",
-        "Mail sent",
+    assert [
+        (record.getMessage(), record.__dict__["kind"]) for record in caplog.records
+    ] == [
+        ("Mail delivery failed permanently", "check_in"),
+        ("Mail sent", "delivery_failure"),
+        ("Mail sent", "assigned"),
     ]
     assert (
         caplog.records[0].__dict__["reason"]
@@ -632,8 +678,7 @@ async def test_mail_sink_keeps_maildir_copy(tmp_path: Path) -> None:
     async with MailSink(maildir=tmp_path / "mail") as sink:
         settings = compose_settings(
             database_url=f"sqlite:///{tmp_path / 'mail.db'}",
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
+            **sink.smtp_settings(),
         )
         result = await Mailer(settings, store).send(notification("assigned", "tech"))
     store.dispose()

@@ -22,6 +22,11 @@ VARIABLES = [
     "MAIL_FROM",
     "OPS_EMAIL",
     "DEFAULT_TIMEZONE",
+    "POLICY_OVERRIDES",
+    # Read by the Temporal client profile of temporal_connect_config().
+    "TEMPORAL_CONFIG_FILE",
+    "TEMPORAL_PROFILE",
+    "TEMPORAL_API_KEY",
 ]
 
 
@@ -224,3 +229,26 @@ def test_bad_policy_overrides_name_the_variable(
     monkeypatch.setenv("POLICY_OVERRIDES", '{"claim_within": "soon"}')
     with pytest.raises(SettingsError, match="POLICY_OVERRIDES.*invalid duration"):
         load_settings()
+
+
+def test_connect_config_keeps_profile_but_not_its_address(
+    monkeypatch: pytest.MonkeyPatch, clean_environment: Path
+) -> None:
+    profile = clean_environment / "temporal.toml"
+    profile.write_text(
+        "[profile.default]\n"
+        'address = "profile.example:7233"\n'
+        'namespace = "profile-namespace"\n'
+        'api_key = "profile-key"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(profile))
+    settings = load_settings(
+        temporal_address="temporal.internal:7233", temporal_namespace="tickets"
+    )
+
+    config = settings.temporal_connect_config()
+
+    assert config["target_host"] == "temporal.internal:7233"
+    assert config["namespace"] == "tickets"
+    assert config.get("api_key") == "profile-key"

@@ -592,8 +592,7 @@ async def tickets(
             _env_file=None,
             temporal_task_queue=f"starter-{uuid.uuid4().hex}",
             database_url=f"sqlite:///{tmp_path / 'tickets.db'}",
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
+            **sink.smtp_settings(),
             default_timezone="America/New_York",
         )
         activities = TicketActivities.from_settings(settings)

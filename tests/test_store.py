@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -301,6 +302,29 @@ def test_log_hours_retry_returns_same_thresholds(store: Store) -> None:
     assert first.crossed_thresholds == [0.8, 1.0]
     assert retried.crossed_thresholds == [0.8, 1.0]
     assert retried.used_hours == 11.0
+
+
+def test_log_hours_exact_threshold_despite_rounding(store: Store) -> None:
+    # 0.8 * 3 is 2.4000000000000004 in floating point, and 0.7 + 0.1 sums to
+    # 0.7999999999999999, yet both months reach exactly 80%.
+    three_included = replace(hours("T-1", "e-1", 2.4), included_hours=3.0)
+    one_included = [
+        replace(hours("T-2", f"e-{n}", logged, month="2026-07"), included_hours=1.0)
+        for n, logged in enumerate([0.7, 0.1])
+    ]
+
+    june = store.log_hours(three_included)
+    store.log_hours(one_included[0])
+    july = store.log_hours(one_included[1])
+
+    assert june.crossed_thresholds == [0.8]
+    assert july.crossed_thresholds == [0.8]
+
+
+def test_log_hours_just_below_threshold_passes_none(store: Store) -> None:
+    below = replace(hours("T-1", "e-1", 2.39), included_hours=3.0)
+
+    assert store.log_hours(below).crossed_thresholds == []
 
 
 def test_log_hours_months_are_separate(store: Store) -> None:
