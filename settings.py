@@ -18,12 +18,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
 
+from workflows.model import ACTIVITY_TIMEOUT_SECONDS
 from workflows.policy import policy_with_overrides
 
 # Mail is sent by an activity whose start-to-close timeout is 60 seconds. The
 # whole SMTP exchange must end before that, or Temporal would retry a send that
 # may still finish, and the customer could get two copies.
-SEND_ACTIVITY_TIMEOUT_SECONDS = 60
 
 # Letters, digits and hyphens separated by dots: a domain name that a
 # Message-ID can use unchanged.
@@ -60,10 +60,8 @@ class Settings(BaseSettings):
     # Unset means plain SMTP with no TLS, as the local mail sink expects.
     smtp_tls: Literal["starttls", "tls"] | None = None
     # Bounds the whole SMTP exchange of one mail. It must stay below the send
-    # activity's start-to-close timeout (SEND_ACTIVITY_TIMEOUT_SECONDS).
-    smtp_timeout_seconds: float = Field(
-        default=20, gt=0, lt=SEND_ACTIVITY_TIMEOUT_SECONDS
-    )
+    # activity's start-to-close timeout (ACTIVITY_TIMEOUT_SECONDS).
+    smtp_timeout_seconds: float = Field(default=20, gt=0, lt=ACTIVITY_TIMEOUT_SECONDS)
 
     mail_from: str = "ticket-guard <no-reply@ticket-guard.localhost>"
     ops_email: str = "ops@ticket-guard.localhost"

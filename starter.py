@@ -1268,8 +1268,22 @@ class Simulation:
                         details=line.details,
                     )
                 )
+            # Mails are sent concurrently, so the record has them in the order
+            # their sends finished; show them in the order they fell due.
+            mails.sort(key=lambda mail: int(mail["sequence"] or 0))
             outcomes.append(TicketOutcome(ticket_id, zone, status, timeline, mails))
         return outcomes
+
+
+def timeline_order(entry: TimelineEntry) -> tuple[int, int]:
+    """Order entries of one time: record entries first, then mails as they fell due.
+
+    Mails are sent concurrently, so their record entries follow the order in
+    which the sends finished.
+    """
+    if entry.entry_type == "notification":
+        return (1, int(entry.details.get("sequence", 0)))
+    return (0, entry.sequence)
 
 
 def print_timeline(outcomes: Sequence[TicketOutcome], out: TextIO) -> None:
@@ -1277,7 +1291,7 @@ def print_timeline(outcomes: Sequence[TicketOutcome], out: TextIO) -> None:
     zones = {outcome.ticket_id: outcome.zone for outcome in outcomes}
     entries = sorted(
         (entry for outcome in outcomes for entry in outcome.timeline),
-        key=lambda entry: (entry.at, order[entry.ticket_id], entry.sequence),
+        key=lambda entry: (entry.at, order[entry.ticket_id], *timeline_order(entry)),
     )
     width = max((len(ticket_id) for ticket_id in order), default=0)
     print("Timeline (each ticket in its customer's local time)", file=out)

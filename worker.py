@@ -14,7 +14,6 @@ import sys
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import (
     SandboxedWorkflowRunner,
@@ -94,14 +93,9 @@ def create_worker(
 async def connect_client(settings: Settings) -> Client:
     """Connect to Temporal, retrying with backoff until the server accepts.
 
-    The client profile (TLS, API key, gRPC metadata) comes from the Temporal
-    CLI's config file and ``TEMPORAL_*`` variables. Address and namespace
-    always come from settings, so the worker and the rest of the project
-    agree on them.
+    The connection options come from ``Settings.temporal_connect_config``.
     """
-    connect_config = ClientConfig.load_client_connect_config()
-    connect_config["target_host"] = settings.temporal_address
-    connect_config["namespace"] = settings.temporal_namespace
+    connect_config = settings.temporal_connect_config()
 
     delay = CONNECT_RETRY_FIRST_DELAY
     attempt = 1

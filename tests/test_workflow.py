@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -92,9 +92,19 @@ class Service:
                 description = (await handle.describe()).raw_description
                 if description.workflow_execution_info.status != 1:
                     continue
-                if description.pending_activities or description.HasField(
-                    "pending_workflow_task"
-                ):
+                # An activity waiting out its retry backoff is not busy: the
+                # server skips time over the backoff like over a timer. The
+                # test server still reports it as started, after its last
+                # attempt completed.
+                running = [
+                    activity
+                    for activity in description.pending_activities
+                    if activity.state
+                    == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                    and activity.last_attempt_complete_time.ToDatetime()
+                    < activity.last_started_time.ToDatetime()
+                ]
+                if running or description.HasField("pending_workflow_task"):
                     busy = True
             if not busy:
                 return
@@ -908,3 +918,35 @@ async def test_invalid_opening_fails_with_reason(service: Service) -> None:
     assert cause.type == "InvalidTicketInput"
     assert "invalid priority 'urgent'" in cause.message
     await assert_no_task_failures(handle)
+
+
+async def test_failing_mail_holds_back_nothing_else(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0))
+    handle = await service.open(ticket)
+    # The tech's mailbox answers "try again later" to every mail for now.
+    service.sink.reject_recipient("kim@techs.test", "451 4.2.1 Mailbox busy")
+    await handle.signal("claim", service.event(tech=TECH_K4))
+    await service.skip_to(local(day, 9, 59))
+    await handle.signal(
+        "contact_attempt", service.event(channel="phone", outcome="reached")
+    )
+    await service.skip_to(local(day, 10, 5))
+
+    current = await status(handle)
+    assert obligation_times(current, "first_contact") == [
+        (iso(local(day, 10, 0)), "met")
+    ]
+    delivered = {(n["kind"], n["to"]): n["status"] for n in current["notifications"]}
+    assert delivered[("first_contact_reminder", "tech")] == "pending"
+    assert service.mails(ticket["ticket_id"]) == []
+
+    # Once the mailbox takes mail again, the retried reminder arrives once.
+    service.sink.clear_faults()
+    await service.skip_to(local(day, 10, 30))
+    current = await status(handle)
+    delivered = {(n["kind"], n["to"]): n["status"] for n in current["notifications"]}
+    assert delivered[("first_contact_reminder", "tech")] == "sent"
+    assert service.mails(ticket["ticket_id"]) == [
+        ("first_contact_reminder", "kim@techs.test")
+    ]

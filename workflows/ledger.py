@@ -299,7 +299,8 @@ class TicketLedger:
                 for obligation in self.ladder.obligations():
                     if obligation.is_open and obligation.owner != SERVICE:
                         self._change_owner(obligation, event.tech.id, at)
-        self._notify("assigned", "tech", at, reason=event.reason)
+        first_contact = self._open_obligations("first_contact")[-1]
+        self._notify("assigned", "tech", at, owed=first_contact, reason=event.reason)
 
     def _on_release(self, event: Event, at: datetime) -> None:
         for kind in ("first_contact", "reply"):
@@ -311,8 +312,8 @@ class TicketLedger:
         self._stop_ladder(at)
         self.tech = None
         self.state = "unclaimed"
-        self._add_obligation("claim", OPS, at, at + self.policy.claim_within)
-        self._notify("released", "ops", at, reason=event.reason)
+        claim = self._add_obligation("claim", OPS, at, at + self.policy.claim_within)
+        self._notify("released", "ops", at, owed=claim, reason=event.reason)
 
     def _on_contact_attempt(self, event: Event, at: datetime) -> None:
         assert self.tech is not None and event.channel is not None
@@ -581,13 +582,15 @@ class TicketLedger:
     def _fall_due(self, obligation: Obligation, at: datetime) -> None:
         if obligation.kind == "check_in":
             self._end(obligation, "met", at)
-            owed = self._open_obligations("first_contact")
+            # The customer is told when the tech was due to call, whether or
+            # not the tech did.
+            first_contacts = [o for o in self.obligations if o.kind == "first_contact"]
             self._notify(
                 "check_in",
                 "customer",
                 at,
                 owed_kind="first_contact",
-                owed_due_at=owed[0].due_at if owed else None,
+                owed_due_at=first_contacts[-1].due_at if first_contacts else None,
             )
             return
         if obligation.kind == "close_unreachable":

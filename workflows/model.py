@@ -14,6 +14,9 @@ RECORD_ACTIVITY = "record_ticket_changes"
 SEND_ACTIVITY = "send_notification"
 HOURS_ACTIVITY = "log_hours"
 DEFAULTS_ACTIVITY = "ticket_defaults"
+# Start-to-close timeout of the workflow's activities. The SMTP timeout must
+# stay below it, so a hung mail server fails an attempt before Temporal does.
+ACTIVITY_TIMEOUT_SECONDS = 60
 
 
 @dataclass

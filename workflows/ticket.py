@@ -21,11 +21,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.events import InvalidEvent, event_id_of, parse_event, parse_opening
     from workflows.ledger import TicketLedger
     from workflows.model import (
+        ACTIVITY_TIMEOUT_SECONDS,
         DEFAULTS_ACTIVITY,
         HOURS_ACTIVITY,
         RECORD_ACTIVITY,
         SEND_ACTIVITY,
         HoursResult,
+        NotificationInput,
         NotificationResult,
         TicketDefaults,
     )
@@ -38,7 +40,7 @@ UNLIMITED_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=5),
 )
-ACTIVITY_TIMEOUT = timedelta(seconds=60)
+ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
 
 
 @workflow.defn(name="TicketWorkflow")
@@ -51,6 +53,11 @@ class TicketWorkflow:
         self._inbox: list[tuple[str, Any, datetime]] = []
         self._ledger: TicketLedger | None = None
         self._timer: asyncio.Task[None] | None = None
+        # Mail being sent, by notification sequence. Each send runs on its
+        # own, so a mail server that keeps failing one mail holds back no
+        # other mail and no event.
+        self._sending: dict[int, asyncio.Task[None]] = {}
+        self._woken = False
         self._timer_due: datetime | None = None
 
     @workflow.run
@@ -78,15 +85,21 @@ class TicketWorkflow:
         workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
 
         while True:
+            self._woken = False
             self._apply_inbox()
             self._ledger.advance(workflow.now())
             await self._deliver()
-            if self._ledger.state == "closed" and not self._inbox:
+            # A closed ticket still delivers the mail that fell due before the
+            # close; nothing falls due after it.
+            closed = self._ledger.state == "closed"
+            if closed and not self._inbox and not self._sending:
                 break
             await self._sleep_until_next_due()
 
         if self._timer is not None:
             self._timer.cancel()
+        # Sends that finished during the last record flush left entries behind.
+        await self._store_record()
         workflow.logger.info(
             "Ticket closed",
             extra={"ticket_id": parsed.ticket_id, "reason": self._ledger.close_reason},
@@ -117,7 +130,9 @@ class TicketWorkflow:
 
         timer = self._timer
         await workflow.wait_condition(
-            lambda: bool(self._inbox) or (timer is not None and timer.done())
+            lambda: (
+                self._woken or bool(self._inbox) or (timer is not None and timer.done())
+            )
         )
 
     def _apply_inbox(self) -> None:
@@ -162,6 +177,26 @@ class TicketWorkflow:
             )
 
         for notification in self._ledger.pending_notifications():
+            if notification.sequence not in self._sending:
+                task = asyncio.create_task(self._send(notification))
+                self._sending[notification.sequence] = task
+
+        await self._store_record()
+
+    async def _store_record(self) -> None:
+        assert self._ledger is not None
+        record = self._ledger.take_record()
+        if record is not None:
+            await workflow.execute_activity(
+                RECORD_ACTIVITY,
+                record,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=UNLIMITED_RETRY,
+            )
+
+    async def _send(self, notification: NotificationInput) -> None:
+        assert self._ledger is not None
+        try:
             result = await workflow.execute_activity(
                 SEND_ACTIVITY,
                 notification,
@@ -171,15 +206,10 @@ class TicketWorkflow:
                 summary=f"{notification.kind} to {notification.role}",
             )
             self._ledger.mark_delivered(notification.sequence, result, workflow.now())
-
-        record = self._ledger.take_record()
-        if record is not None:
-            await workflow.execute_activity(
-                RECORD_ACTIVITY,
-                record,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=UNLIMITED_RETRY,
-            )
+        finally:
+            del self._sending[notification.sequence]
+            # Wake the main loop to store the result in the record.
+            self._woken = True
 
     def _show_details(self) -> None:
         """Show the open obligations in the UI's current details."""
