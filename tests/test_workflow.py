@@ -72,7 +72,7 @@ class Service:
         """Let workflow time pass until ``moment``, firing every timer before it."""
         delta = moment - await self.now()
         assert delta >= timedelta(0), f"{moment} is in the server's past"
-        # The test server answers a zero-length sleep with a timeout error.
+        # The test server rejects a zero-length sleep with a timeout error.
         if delta > timedelta(0):
             await self.env.sleep(delta)
         self.clock = moment
@@ -924,7 +924,7 @@ async def test_failing_mail_holds_back_nothing_else(service: Service) -> None:
     day = await future_day(service)
     ticket = new_ticket(local(day, 9, 0))
     handle = await service.open(ticket)
-    # The tech's mailbox answers "try again later" to every mail for now.
+    # The tech's mailbox replies "try again later" to every mail for now.
     service.sink.reject_recipient("kim@techs.test", "451 4.2.1 Mailbox busy")
     await handle.signal("claim", service.event(tech=TECH_K4))
     await service.skip_to(local(day, 9, 59))

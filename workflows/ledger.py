@@ -545,8 +545,8 @@ class TicketLedger:
                 continue
             obligation.reminded = True
             # TODO: a reminder settled late (a worker down past the due time)
-            # still goes out, just before its breach; skipping it needs to
-            # tell a late timer from a test that jumps ahead.
+            # still goes out, just before its breach. Skipping it needs a way
+            # to tell a late timer from a test that jumps ahead.
             self._remind(obligation, when)
         self.advanced_to = max(self.advanced_to, until)
 

@@ -2,7 +2,7 @@
 
 It keeps the ticket's ledger, sleeps on one durable timer until the earliest
 reminder or due time, and wakes early when a portal event arrives. Signal
-handlers only queue the raw payload; the main loop validates and applies
+handlers only queue the raw payload. The main loop validates and applies
 events in arrival order, sends the mail that fell due and stores the record.
 """
 
@@ -121,9 +121,11 @@ class TicketWorkflow:
             self._timer = None
         if upcoming is not None and self._timer is None:
             when, obligation, is_reminder = upcoming
-            what = "reminder for " if is_reminder else ""
+            prefix = "reminder for " if is_reminder else ""
             local_due = self._ledger.local_time(obligation.due_at)
-            summary = f"{what}{obligation.kind} of {obligation.owner}, due {local_due}"
+            summary = (
+                f"{prefix}{obligation.kind} of {obligation.owner}, due {local_due}"
+            )
             duration = max(when - workflow.now(), timedelta(milliseconds=1))
             self._timer = asyncio.create_task(workflow.sleep(duration, summary=summary))
             self._timer_due = when
@@ -170,7 +172,7 @@ class TicketWorkflow:
                 retry_policy=UNLIMITED_RETRY,
             )
             # The warning is due when the hours were logged, not when the
-            # store answered.
+            # activity returned.
             logged_at = datetime.fromisoformat(request.logged_at)
             self._ledger.apply_hours_result(
                 request, result.used_hours, result.crossed_thresholds, logged_at
