@@ -109,6 +109,27 @@ def test_unreachable_ladder_closes_on_time() -> None:
     assert [entry["at"] for entry in closed] == [at(day, 4, 8, 0)]
 
 
+def test_textbook_ladder_closes_after_three_days() -> None:
+    path = EXAMPLES / "unreachable-ladder.jsonl"
+    day, options = future_start(path)
+
+    ticket = ticket_of(simulate(path, *options), "T-2002")
+
+    mails = [(mail["kind"], mail["to"], mail["at"]) for mail in ticket["mails"]]
+    assert mails == [
+        # Claimed Tuesday 08:40, check-in three hours later.
+        ("check_in", "customer", at(day, 0, 11, 40)),
+        # A1 (the email at 14:00) came before A0 + 24h, so no try-other prompt.
+        # The later of A0 + 48h (Thursday 09:00) and A1 + 24h (Wednesday 14:00).
+        ("try_all_methods", "tech", at(day, 2, 9, 0)),
+        # The later of A0 + 72h (Friday 09:00) and A2 + 24h (Friday 09:10).
+        ("closed_unreachable", "customer", at(day, 3, 9, 10)),
+        ("closed_unreachable", "tech", at(day, 3, 9, 10)),
+        ("closed_unreachable", "ops", at(day, 3, 9, 10)),
+    ]
+    assert ticket["close_reason"] == "unreachable"
+
+
 def test_unreachable_ladder_sends_each_mail_once() -> None:
     path = EXAMPLES / "unreachable-ladder.jsonl"
     _day, options = future_start(path)
