@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ VAR_DIR = PROJECT_DIR / "var"
 LOG_DIR = VAR_DIR / "log"
 MAILDIR = VAR_DIR / "mail"
 TEMPORAL_DB = VAR_DIR / "temporal.db"
+LOCK_FILE = VAR_DIR / "stack.lock"
 
 LOOPBACK = "127.0.0.1"
 
@@ -578,7 +580,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The mail sink creates its Maildir with the tmp, new and cur folders, so
     # only the log folder is made here.
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_stack(args, settings))
+
+    # Two stacks in one folder would share var/temporal.db and overwrite each
+    # other's logs, so a second one stops here. The lock goes with the process.
+    with LOCK_FILE.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"error: another local stack is running from this folder "
+                f"(it holds {display_path(LOCK_FILE)}); stop it with Ctrl-C first, "
+                "or run the second one from another clone",
+                file=sys.stderr,
+            )
+            return 1
+        return asyncio.run(run_stack(args, settings))
 
 
 if __name__ == "__main__":

@@ -413,3 +413,28 @@ def test_check_event_time_rejects_before_opening() -> None:
 )
 def test_event_id_of(raw: Any, event_id: str | None) -> None:
     assert event_id_of(raw) == event_id
+
+
+@pytest.mark.parametrize("character", ["\x00", "\n", "\u202e", "\x1b"])
+def test_person_fields_reject_control_characters(character: str) -> None:
+    payload = {
+        "event_id": "e-1",
+        "tech": {"id": "K-4", "name": f"Kim{character}Park", "email": "kim@techs.test"},
+    }
+    with pytest.raises(
+        InvalidEvent,
+        match=f"'tech.name' contains the control character U\\+{ord(character):04X}",
+    ):
+        parse_event("claim", payload)
+
+
+def test_reason_keeps_line_breaks() -> None:
+    event = parse_event("release", {"event_id": "e-1", "reason": "Ill.\nBack Monday."})
+    assert event.reason == "Ill.\nBack Monday."
+
+
+def test_reason_rejects_nul() -> None:
+    with pytest.raises(
+        InvalidEvent, match="'reason' contains the control character U\\+0000"
+    ):
+        parse_event("release", {"event_id": "e-1", "reason": "Ill\x00"})

@@ -684,6 +684,11 @@ async def test_bad_events_are_rejected_and_kept(service: Service) -> None:
         ),
         ("notes_updated", ["not", "an", "object"], "must be a JSON object"),
         ("claim_ticket", service.event(), "unknown event"),
+        (
+            "reassign",
+            service.event(tech={**TECH_K7, "name": "Lee\x00Moss"}),
+            "control character U+0000",
+        ),
     ]
     for signal, payload, _ in bad_events:
         await handle.signal(signal, payload)
@@ -950,3 +955,40 @@ async def test_failing_mail_holds_back_nothing_else(service: Service) -> None:
     assert service.mails(ticket["ticket_id"]) == [
         ("first_contact_reminder", "kim@techs.test")
     ]
+
+
+async def test_workflow_id_must_match_ticket(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0))
+    await service.skip_to(local(day, 9, 0))
+    workflow_id = f"ticket-other-{uuid.uuid4().hex[:8]}"
+    service.started.append(workflow_id)
+    handle = await service.client.start_workflow(
+        "TicketWorkflow",
+        ticket,
+        id=workflow_id,
+        task_queue=service.settings.temporal_task_queue,
+    )
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert f"must run as 'ticket-{ticket['ticket_id']}'" in cause.message
+
+
+async def test_missing_input_fails_cleanly(service: Service) -> None:
+    workflow_id = f"ticket-T-{uuid.uuid4().hex[:8]}"
+    service.started.append(workflow_id)
+    handle = await service.client.start_workflow(
+        "TicketWorkflow",
+        id=workflow_id,
+        task_queue=service.settings.temporal_task_queue,
+    )
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert "missing ticket input" in cause.message
+    await assert_no_task_failures(handle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,7 +218,26 @@ def _require_text(
         raise InvalidEvent(f"field '{label}' must be a non-empty string")
     if len(value) > max_length:
         raise InvalidEvent(f"field '{label}' is longer than {max_length} characters")
+    _check_characters(value, label, allow_line_breaks=False)
     return value
+
+
+def _check_characters(value: str, label: str, allow_line_breaks: bool) -> None:
+    """Reject control and format characters.
+
+    They cannot be stored in PostgreSQL (NUL), break mail headers (line
+    breaks) or make a name display reversed (U+202E). Free text may keep line
+    breaks and tabs.
+    """
+    allowed = "\n\r\t" if allow_line_breaks else ""
+    for character in value:
+        if character in allowed:
+            continue
+        if unicodedata.category(character) in ("Cc", "Cf", "Cs"):
+            raise InvalidEvent(
+                f"field '{label}' contains the control character "
+                f"U+{ord(character):04X}; remove it"
+            )
 
 
 def _optional_text(
@@ -231,6 +251,7 @@ def _optional_text(
         raise InvalidEvent(f"field '{label}' must be a string")
     if len(value) > max_length:
         raise InvalidEvent(f"field '{label}' is longer than {max_length} characters")
+    _check_characters(value, label, allow_line_breaks=max_length == MAX_TEXT_LENGTH)
     return value
 
 

@@ -46,7 +46,7 @@ ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
 @workflow.defn(name="TicketWorkflow")
 class TicketWorkflow:
     @workflow.init
-    def __init__(self, opening: Any) -> None:
+    def __init__(self, opening: Any = None) -> None:
         # Queued here rather than in run, so a signal sent with signal-with-start
         # finds the queue ready before run begins.
         self._raw_opening = opening
@@ -61,13 +61,22 @@ class TicketWorkflow:
         self._timer_due: datetime | None = None
 
     @workflow.run
-    async def run(self, opening: Any) -> dict[str, Any]:
+    async def run(self, opening: Any = None) -> dict[str, Any]:
         try:
             parsed = parse_opening(opening)
         except InvalidEvent as error:
             raise ApplicationError(
                 f"invalid ticket input: {error}", type="InvalidTicketInput"
             ) from None
+        # The id names the ticket for callers, and the record is kept by
+        # ticket_id, so two workflows must never share one ticket_id.
+        expected_id = f"ticket-{parsed.ticket_id}"
+        if workflow.info().workflow_id != expected_id:
+            raise ApplicationError(
+                f"invalid workflow id {workflow.info().workflow_id!r}: the ticket "
+                f"{parsed.ticket_id} must run as {expected_id!r}",
+                type="InvalidTicketInput",
+            )
 
         defaults = await workflow.execute_local_activity(
             DEFAULTS_ACTIVITY,
@@ -148,17 +157,25 @@ class TicketWorkflow:
                 if event_id is not None and event_id in self._ledger.seen_event_ids:
                     continue
                 self._ledger.reject(signal, event_id, str(error), received_at)
-                workflow.logger.warning(
-                    "Event rejected",
-                    extra={
-                        "ticket_id": self._ledger.ticket_id,
-                        "signal": signal,
-                        "event_id": event_id,
-                        "reason": str(error),
-                    },
-                )
+                self._log_rejection()
                 continue
+            rejected_before = len(self._ledger.rejected)
             self._ledger.receive(event, received_at)
+            if len(self._ledger.rejected) > rejected_before:
+                self._log_rejection()
+
+    def _log_rejection(self) -> None:
+        assert self._ledger is not None
+        rejection = self._ledger.rejected[-1]
+        workflow.logger.warning(
+            "Event rejected",
+            extra={
+                "ticket_id": self._ledger.ticket_id,
+                "signal": rejection["signal"],
+                "event_id": rejection["event_id"],
+                "reason": rejection["reason"],
+            },
+        )
 
     async def _deliver(self) -> None:
         """Log hours, send the mail that fell due and store the new record."""
