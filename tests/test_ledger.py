@@ -469,6 +469,31 @@ def test_notes_reminder_and_breach() -> None:
     assert rows(ledger, "notes") == [("K-4", "2026-06-11T02:30:00+00:00", "breached")]
 
 
+def test_late_reminder_skipped_when_asked() -> None:
+    ledger = claimed_ledger()
+    ledger.skip_late_reminders = True
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "reached")
+
+    # A worker back only after the due time: the breach goes, the stale
+    # reminder does not.
+    ledger.advance(utc("2026-06-11T03:00:00"))
+    assert mails(ledger, "notes_reminder", "notes_breach") == [
+        ("notes_breach", "ops", None, "2026-06-11T02:30:00+00:00"),
+        ("notes_breach", "tech", "K-4", "2026-06-11T02:30:00+00:00"),
+    ]
+
+
+def test_timely_reminder_sent_when_skipping() -> None:
+    ledger = claimed_ledger()
+    ledger.skip_late_reminders = True
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "reached")
+
+    ledger.advance(utc("2026-06-11T00:30:00"))
+    assert mails(ledger, "notes_reminder", "notes_breach") == [
+        ("notes_reminder", "tech", "K-4", "2026-06-11T00:30:00+00:00"),
+    ]
+
+
 @pytest.mark.parametrize("outcome", ["no_answer", "message_left"])
 @pytest.mark.parametrize("channel", ["sms", "onsite", "remote", "email"])
 def test_notes_owed_for_unreached_attempts(channel: str, outcome: str) -> None:

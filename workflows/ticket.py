@@ -91,6 +91,7 @@ class TicketWorkflow:
             ) from None
         zone_name = parsed.timezone or defaults.timezone
         self._ledger = TicketLedger(parsed, zone_name, policy)
+        self._ledger.skip_late_reminders = True
         workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
 
         while True:
