@@ -1612,6 +1612,18 @@ async def run_command(args: argparse.Namespace, settings: Settings, out: TextIO)
             print(json.dumps(current, indent=2), file=out)
         else:
             print(render_status(current, settings.default_timezone), file=out)
+        # A terminated or failed workflow still answers the query with the
+        # state it had, which would read as a healthy ticket.
+        execution = await tickets.execution_status(args.ticket_id)
+        if execution not in (
+            WorkflowExecutionStatus.RUNNING,
+            WorkflowExecutionStatus.COMPLETED,
+        ):
+            print(
+                f"warning: {tickets.ended_message(args.ticket_id, execution)}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
 
     signal = SIGNAL_COMMANDS[args.command]

@@ -172,6 +172,29 @@ def test_stack_runs_a_ticket_and_stops(
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "unclaimed"
 
+    # A terminated ticket still answers the status query with its last
+    # state, so status must say that the workflow ended.
+    terminated = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "terminate",
+            "--address",
+            f"127.0.0.1:{running.temporal_port}",
+            "--workflow-id",
+            "ticket-T-STACK-1",
+            "--reason",
+            "test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert terminated.returncode == 0, terminated.stderr
+    status = running.starter("status", "T-STACK-1")
+    assert status.returncode == 1
+    assert "its workflow ended as TERMINATED" in status.stderr
+
     # A second stack on other ports in the same folder would share var/.
     second_log = running.folder / "second-output.txt"
     second = Stack(running.folder).start(second_log)
