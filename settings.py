@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # {"claim_within": "6h", "notes_reminder_before": "3h"}.
     policy_overrides: dict[str, str] = Field(default_factory=dict)
 
+    # Whether new tickets keep their search attributes (TechId, TicketState
+    # and the others in workflows/search.py) current. The worker still turns
+    # them off for a ticket when the namespace lacks one of them.
+    ticket_search_attributes: bool = True
+
     @field_validator("smtp_username", "smtp_password", "smtp_tls", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:

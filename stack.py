@@ -35,9 +35,11 @@ from temporalio.api.workflowservice.v1 import (
     DescribeTaskQueueRequest,
 )
 from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.service import RPCError
 
 from settings import Settings, SettingsError, load_settings
+from workflows.search import TICKET_SEARCH_ATTRIBUTES
 
 PROJECT_DIR = Path(__file__).resolve().parent
 VAR_DIR = PROJECT_DIR / "var"
@@ -48,10 +50,22 @@ LOCK_FILE = VAR_DIR / "stack.lock"
 
 LOOPBACK = "127.0.0.1"
 
+# The temporal CLI's names of search attribute types.
+CLI_TYPE_NAMES = {
+    SearchAttributeIndexedValueType.TEXT: "Text",
+    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.INT: "Int",
+    SearchAttributeIndexedValueType.DOUBLE: "Double",
+    SearchAttributeIndexedValueType.BOOL: "Bool",
+    SearchAttributeIndexedValueType.DATETIME: "Datetime",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
+}
 # Custom search attributes registered when the dev server starts, as
-# name -> type (Keyword, Text, Int, Double, Bool, Datetime or KeywordList).
-# The temporal CLI 1.9.1 accepts an attribute that var/temporal.db already has.
-SEARCH_ATTRIBUTES: dict[str, str] = {}
+# name -> CLI type name. The temporal CLI 1.9.1 accepts an attribute that
+# var/temporal.db already has.
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    key.name: CLI_TYPE_NAMES[key.indexed_value_type] for key in TICKET_SEARCH_ATTRIBUTES
+}
 
 # Seconds to wait for a child to exit after SIGTERM before it is killed. The
 # worker gets longer because it lets running activities finish for up to

@@ -34,6 +34,8 @@ PASSTHROUGH_MODULES = (
     "workflows.events",
     "workflows.ledger",
     "workflows.model",
+    "workflows.display",
+    "workflows.search",
     "zoneinfo",
 )
 

@@ -1,6 +1,7 @@
 """The ticket activities: record changes, send notifications, log hours.
 
-A local activity also hands each ticket the service defaults it needs.
+A local activity also hands each ticket the service defaults it needs,
+including whether the namespace has the ticket's search attributes.
 
 Build one ``TicketActivities`` per worker with ``from_settings`` and register
 ``all()``. Input that no retry can fix fails with a non-retryable
@@ -17,7 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.mailer import Mailer
 from activities.notices import InvalidNotification
@@ -35,6 +39,7 @@ from workflows.model import (
     RecordInput,
     TicketDefaults,
 )
+from workflows.search import TICKET_SEARCH_ATTRIBUTES
 
 # ApplicationError types, for the workflow and for searching the history.
 INVALID_RECORD = "InvalidRecord"
@@ -51,11 +56,19 @@ class TicketActivities:
         mailer: Mailer,
         default_timezone: str,
         policy_overrides: dict[str, str] | None = None,
+        search_attributes: bool = True,
     ) -> None:
         self.store = store
         self.mailer = mailer
         self.default_timezone = default_timezone
         self.policy_overrides = dict(policy_overrides or {})
+        self.search_attributes = search_attributes
+        # Set once the namespace was seen with every attribute, because
+        # registered attributes are not expected to go away.
+        self._search_attributes_found = False
+        # What was last logged, so each problem is logged once.
+        self._reported_missing: list[str] = []
+        self._listing_failure_logged = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TicketActivities:
@@ -67,6 +80,7 @@ class TicketActivities:
             Mailer(settings, store),
             settings.default_timezone,
             settings.policy_overrides,
+            settings.ticket_search_attributes,
         )
 
     def close(self) -> None:
@@ -86,14 +100,61 @@ class TicketActivities:
     async def ticket_defaults(self) -> TicketDefaults:
         """Return the settings a ticket needs and cannot carry itself.
 
-        Run as a local activity at the start of every ticket, so the zone and
-        policy it got are kept in its history and replay the same after
-        DEFAULT_TIMEZONE or POLICY_OVERRIDES change.
+        Run as a local activity at the start of every ticket, so the zone,
+        policy and search attribute choice it got are kept in its history and
+        replay the same after the settings or the namespace change.
         """
         return TicketDefaults(
             timezone=self.default_timezone,
             policy_overrides=dict(self.policy_overrides),
+            search_attributes=await self._search_attributes_usable(),
         )
+
+    async def _search_attributes_usable(self) -> bool:
+        """Return True if tickets may upsert their search attributes.
+
+        An upsert of an attribute the namespace lacks fails every workflow
+        task of the ticket, so the attributes are used only when
+        TICKET_SEARCH_ATTRIBUTES is on and the namespace lists all of them.
+        """
+        if not self.search_attributes:
+            return False
+        if self._search_attributes_found:
+            return True
+        try:
+            client = activity.client()
+        except RuntimeError:
+            # Run outside a worker, as in activity tests: trust the setting.
+            return True
+        try:
+            missing = await missing_search_attributes(client, activity.info().namespace)
+        except RPCError as error:
+            if error.status == RPCStatusCode.UNIMPLEMENTED:
+                # The time-skipping test server cannot list attributes, and it
+                # rejects any that were not added to it.
+                return False
+            # NOTE: a server that refuses the listing (an API key without the
+            # permission) is trusted to have the attributes registered.
+            if not self._listing_failure_logged:
+                self._listing_failure_logged = True
+                activity.logger.warning(
+                    "Could not list the namespace's search attributes; using "
+                    "them as TICKET_SEARCH_ATTRIBUTES says",
+                    extra={"error": str(error)},
+                )
+            return True
+        if missing:
+            if missing != self._reported_missing:
+                self._reported_missing = missing
+                activity.logger.warning(
+                    "Search attributes not registered on the namespace; new "
+                    "tickets run without them. Register them, or set "
+                    "TICKET_SEARCH_ATTRIBUTES=false",
+                    extra={"missing": missing},
+                )
+            return False
+        self._search_attributes_found = True
+        return True
 
     @activity.defn(name=RECORD_ACTIVITY)
     async def record_ticket_changes(self, changes: RecordInput) -> None:
@@ -126,3 +187,23 @@ class TicketActivities:
             raise ApplicationError(
                 str(error), type=INVALID_HOURS, non_retryable=True
             ) from error
+
+
+async def missing_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Return the ticket search attributes that the namespace lacks.
+
+    An attribute registered with another type counts as missing, because the
+    server rejects its values too.
+
+    Raises:
+        RPCError: the server did not return the list.
+    """
+    response = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    registered = response.custom_attributes
+    return [
+        f"{key.name} ({key.indexed_value_type.name.title()})"
+        for key in TICKET_SEARCH_ATTRIBUTES
+        if registered.get(key.name) != key.indexed_value_type.value
+    ]

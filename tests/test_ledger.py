@@ -13,10 +13,18 @@ from typing import Any
 
 import pytest
 
-from workflows.events import parse_event, parse_opening
+from workflows.display import current_details, ticket_summary
+from workflows.events import (
+    Event,
+    InvalidEvent,
+    TicketClosed,
+    parse_event,
+    parse_opening,
+)
 from workflows.ledger import TicketLedger
 from workflows.model import HoursInput, NotificationResult
 from workflows.policy import DEFAULT_POLICY, Policy
+from workflows.search import search_attribute_updates, ticket_search_values
 
 NEW_YORK = "America/New_York"
 BERLIN = "Europe/Berlin"
@@ -2041,3 +2049,272 @@ def test_check_in_names_owed_contact() -> None:
     assert check_in.recipient.id == "C-17"
     assert check_in.owed_kind == "first_contact"
     assert check_in.owed_due_at == "2026-06-11T15:30:00+00:00"
+
+
+# Checking an event without applying it (Update validators)
+
+
+def event_of(signal: str, at: str, event_id: str = "e-check", **fields: Any) -> Event:
+    payload = {"event_id": event_id, "occurred_at": utc(at).isoformat(), **fields}
+    return parse_event(signal, payload)
+
+
+@pytest.mark.parametrize(
+    ("signal", "fields", "reason"),
+    [
+        ("claim", {"tech": K7}, "already claimed by K-4; send reassign to move it"),
+        ("reassign", {"tech": K4}, "ticket is already assigned to K-4"),
+    ],
+)
+def test_check_rejects_like_receive(
+    signal: str, fields: dict[str, Any], reason: str
+) -> None:
+    ledger = claimed_ledger()
+    event = event_of(signal, "2026-06-10T14:10:00", **fields)
+    before = ledger.status()
+
+    with pytest.raises(InvalidEvent) as raised:
+        ledger.check(event, utc("2026-06-10T14:10:00"))
+
+    assert reason in str(raised.value)
+    assert ledger.status() == before
+    ledger.receive(event, utc("2026-06-10T14:10:00"))
+    assert [r["reason"] for r in ledger.status()["rejected"]] == [str(raised.value)]
+
+
+@pytest.mark.parametrize("signal", ["release", "contact_attempt"])
+def test_check_rejects_unclaimed(signal: str) -> None:
+    ledger = new_ledger()
+    event = event_of(signal, "2026-06-10T14:00:00", channel="phone", outcome="reached")
+
+    with pytest.raises(InvalidEvent, match="is not claimed; claim it first"):
+        ledger.check(event, utc("2026-06-10T14:00:00"))
+
+
+@pytest.mark.parametrize(
+    ("occurred", "reason"),
+    [
+        ("2026-06-10T12:59:59", "before the ticket opened"),
+        ("2026-06-10T14:05:01", "more than 5 minutes in the future"),
+    ],
+)
+def test_check_rejects_time_out_of_range(occurred: str, reason: str) -> None:
+    ledger = claimed_ledger()
+    event = event_of("notes_updated", occurred)
+
+    with pytest.raises(InvalidEvent, match=reason):
+        ledger.check(event, utc("2026-06-10T14:00:00"))
+
+
+def test_check_accepts_without_changing_anything() -> None:
+    ledger = claimed_ledger()
+    event = event_of(
+        "contact_attempt", "2026-06-10T14:30:00", channel="phone", outcome="reached"
+    )
+    before = ledger.status()
+    record_before = ledger.take_record()
+
+    ledger.check(event, utc("2026-06-10T14:30:00"))
+
+    assert ledger.status() == before
+    assert ledger.take_record() is None
+    assert record_before is not None
+
+
+def test_check_passes_repeated_event_id() -> None:
+    ledger = new_ledger()
+    send(ledger, "claim", "2026-06-10T14:00:00", event_id="e-claim", tech=K4)
+    repeated = event_of("claim", "2026-06-10T14:10:00", "e-claim", tech=K7)
+
+    ledger.check(repeated, utc("2026-06-10T14:10:00"))
+
+    assert ledger.receive(repeated, utc("2026-06-10T14:10:00")) is None
+    assert ledger.status()["tech_id"] == "K-4"
+
+
+def test_check_closed_ticket_raises_closed() -> None:
+    ledger = claimed_ledger()
+    send(ledger, "close", "2026-06-10T14:10:00", reason="resolved")
+
+    with pytest.raises(TicketClosed, match="ticket T-1001 is closed"):
+        ledger.check(
+            event_of("notes_updated", "2026-06-10T14:20:00"), utc("2026-06-10T14:20:00")
+        )
+
+
+def test_check_foresees_ladder_closing() -> None:
+    ledger = claimed_ledger()
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "no_answer")
+    attempt(ledger, "2026-06-11T16:00:00", "email", "no_answer")
+    ledger.advance(utc("2026-06-12T16:00:00"))
+    attempt(ledger, "2026-06-12T17:00:00", "phone", "no_answer")
+    attempt(ledger, "2026-06-12T18:00:00", "email", "no_answer")
+    # The ladder closes the ticket at 18:00 UTC on June 13, and the ledger has
+    # not been advanced there yet.
+    late = event_of("notes_updated", "2026-06-13T18:00:01")
+
+    with pytest.raises(TicketClosed):
+        ledger.check(late, utc("2026-06-13T18:00:01"))
+    ledger.check(
+        event_of("notes_updated", "2026-06-13T18:00:00"), utc("2026-06-13T18:00:00")
+    )
+    rejection = ledger.receive(late, utc("2026-06-13T18:00:01"))
+    assert isinstance(rejection, TicketClosed)
+    assert ledger.status()["state"] == "closed"
+
+
+def test_receive_returns_rejection() -> None:
+    ledger = new_ledger()
+    rejection = ledger.receive(
+        event_of("release", "2026-06-10T14:00:00"), utc("2026-06-10T14:00:00")
+    )
+
+    assert isinstance(rejection, InvalidEvent)
+    assert ledger.status()["rejected"][0]["reason"] == str(rejection)
+
+
+def test_recent_events_keep_latest_five() -> None:
+    ledger = claimed_ledger()
+    for minute in range(10, 16):
+        send(ledger, "notes_updated", f"2026-06-10T14:{minute}:00")
+
+    kinds = [(at, details["event"]) for at, details in ledger.recent_events]
+    assert kinds == [
+        (utc(f"2026-06-10T14:{minute}:00"), "notes_updated") for minute in range(11, 16)
+    ]
+
+
+# What the UI and list queries show of the ledger
+
+
+def test_details_show_each_ladder_step() -> None:
+    ledger = claimed_ledger()
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "no_answer")
+    step_one = current_details(ledger)
+    attempt(ledger, "2026-06-11T16:00:00", "email", "no_answer")
+    step_two = current_details(ledger)
+    ledger.advance(utc("2026-06-12T16:00:00"))
+    attempt(ledger, "2026-06-12T17:00:00", "phone", "no_answer")
+    attempt(ledger, "2026-06-12T18:00:00", "email", "message_left")
+    step_three = current_details(ledger)
+
+    started = "started Wed 2026-06-10 10:30 EDT"
+    assert (
+        "**Unreachable ladder**: step 1 of 3, try another method; "
+        "prompt Thu 2026-06-11 10:30 EDT, due Fri 2026-06-12 10:30 EDT "
+        f"({started}; tried phone)"
+    ) in step_one
+    assert (
+        "**Unreachable ladder**: step 2 of 3, try every method on file; "
+        "prompt Fri 2026-06-12 12:00 EDT, due Sat 2026-06-13 12:00 EDT "
+        f"({started}; tried email, phone)"
+    ) in step_two
+    assert (
+        "**Unreachable ladder**: step 3 of 3, the ticket closes as unreachable "
+        f"at Sat 2026-06-13 14:00 EDT ({started}; tried email, phone)"
+    ) in step_three
+
+
+def test_details_show_overdue_step_and_close() -> None:
+    ledger = claimed_ledger()
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "no_answer")
+    ledger.advance(utc("2026-06-12T15:00:00"))
+    overdue = current_details(ledger)
+    send(ledger, "close", "2026-06-12T15:10:00", reason="cancelled")
+
+    assert "overdue since Fri 2026-06-12 10:30 EDT" in overdue
+    assert current_details(ledger).splitlines()[0] == (
+        "**T-1001**: closed as cancelled, normal, K-4; times in America/New_York"
+    )
+    assert "Nothing open." in current_details(ledger)
+
+
+def test_search_values_follow_ledger() -> None:
+    ledger = new_ledger(priority="high")
+    opened = ticket_search_values(ledger)
+    send(ledger, "claim", "2026-06-10T14:00:00", tech=K4)
+    ledger.advance(utc("2026-06-10T15:30:00"))
+    breached = ticket_search_values(ledger)
+
+    assert opened == {
+        "TechId": None,
+        "TicketState": "unclaimed",
+        "TicketPriority": "high",
+        "NextDueAt": utc("2026-06-10T21:00:00"),
+        "NextDueKind": "claim",
+        "BreachCount": 0,
+        "CustomerTimezone": NEW_YORK,
+    }
+    assert breached == {
+        **opened,
+        "TechId": "K-4",
+        "TicketState": "claimed",
+        "NextDueAt": utc("2026-06-10T17:00:00"),
+        "NextDueKind": "check_in",
+        "BreachCount": 1,
+    }
+
+
+def test_search_updates_only_changed_values() -> None:
+    previous = {"TechId": "K-4", "TicketState": "claimed", "NextDueKind": "notes"}
+    current = {"TechId": "K-4", "TicketState": "closed", "NextDueKind": None}
+
+    updates = search_attribute_updates(previous, current)
+
+    assert [(u.key.name, u.value) for u in updates] == [
+        ("TicketState", "closed"),
+        ("NextDueKind", None),
+    ]
+    assert search_attribute_updates(current, current) == []
+
+
+def test_summary_names_ids_not_contacts() -> None:
+    opening = {
+        "ticket_id": "T-1001",
+        "opened_at": "2026-06-10T13:00:00+00:00",
+        "priority": "emergency",
+        "source": "tech_created",
+        "customer": {**CUSTOMER, "included_hours_per_month": 10},
+        "tech": K4,
+    }
+
+    summary, details = ticket_summary(opening)
+
+    assert summary == "Ticket T-1001: emergency, opened Wed 2026-06-10 09:00 EDT"
+    assert details.splitlines() == [
+        "**Ticket T-1001**",
+        "",
+        "- priority: emergency",
+        "- source: tech_created",
+        "- opened: Wed 2026-06-10 09:00 EDT (2026-06-10T13:00:00+00:00)",
+        "- customer: C-17",
+        "- time zone: America/New_York",
+        "- subscription: 10 hours a month",
+        "- claimed at start by K-4 at Wed 2026-06-10 09:00 EDT",
+    ]
+
+
+def test_summary_without_zone_reads_utc() -> None:
+    customer = {key: value for key, value in CUSTOMER.items() if key != "timezone"}
+    opening = {
+        "ticket_id": "T-1002",
+        "opened_at": "2026-06-10T13:00:00+00:00",
+        "customer": customer,
+    }
+
+    summary, details = ticket_summary(opening)
+
+    assert summary == "Ticket T-1002: normal, opened Wed 2026-06-10 13:00 UTC"
+    assert "- time zone: the service default" in details.splitlines()
+
+
+def test_summary_rejects_invalid_opening() -> None:
+    with pytest.raises(InvalidEvent, match="invalid priority 'urgent'"):
+        ticket_summary(
+            {
+                "ticket_id": "T-1003",
+                "opened_at": utc(OPENED).isoformat(),
+                "priority": "urgent",
+                "customer": CUSTOMER,
+            }
+        )

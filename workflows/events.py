@@ -43,6 +43,10 @@ class InvalidEvent(ValueError):
     """An opening or event the service rejects; the message is the reason."""
 
 
+class TicketClosed(InvalidEvent):
+    """An event for a ticket that is already closed."""
+
+
 @dataclass(frozen=True)
 class Opening:
     """A validated ticket opening: the workflow's start input."""

@@ -9,13 +9,20 @@ activities. Every method is deterministic, so it runs unchanged on replay.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from workflows import policy as rules
-from workflows.events import Event, InvalidEvent, Opening, check_event_time
+from workflows.events import (
+    Event,
+    InvalidEvent,
+    Opening,
+    TicketClosed,
+    check_event_time,
+)
 from workflows.model import (
     HoursInput,
     NotificationInput,
@@ -28,6 +35,8 @@ from workflows.policy import Policy
 
 OPS = "ops"
 SERVICE = "service"
+# How many of the latest events the ledger keeps for display.
+RECENT_EVENTS = 5
 
 # Reminder sent to the owner before the due time, per obligation kind.
 REMINDER_KINDS = {
@@ -164,6 +173,11 @@ class TicketLedger:
         self.closed_at: datetime | None = None
         self.close_reason: str | None = None
         self.advanced_to = opening.opened_at
+        # The opening and the latest applied events, oldest first, as the
+        # time each counts at and its record details.
+        self.recent_events: deque[tuple[datetime, dict[str, Any]]] = deque(
+            maxlen=RECENT_EVENTS
+        )
         # A reminder settled only once its due time has passed too (a worker
         # that was down, a backdated ticket, an event reported late) would
         # arrive together with the breach. The workflow skips those; tests
@@ -189,6 +203,7 @@ class TicketLedger:
         }
         details = {"event": "opened", "source": opening.source}
         self._record("event", at, {**details, "policy_changes": changed})
+        self.recent_events.append((at, details))
         if opening.tech is None:
             self._add_obligation("claim", OPS, at, at + self.policy.claim_within)
             return
@@ -210,38 +225,49 @@ class TicketLedger:
         self._settle_before(claimed_at)
         self._claim(opening.tech, claimed_at)
 
-    def receive(self, event: Event, received_at: datetime) -> None:
-        """Apply one validated event, or record why it was rejected.
+    def check(self, event: Event, received_at: datetime) -> None:
+        """Raise ``InvalidEvent`` if ``receive`` would reject the event now.
 
-        Raises nothing for bad input: a rejection lands in ``rejected`` and in
-        the record, and the ledger is left as it was.
+        Changes nothing, so an Update validator can call it. The subclass
+        ``TicketClosed`` means the ticket is closed, or the ladder closes it
+        before the event's time. A repeated event_id of an applied event
+        passes, because ``receive`` ignores it.
         """
         if event.event_id in self.seen_event_ids:
             return
-        # The portal's clock may run a little ahead of the server's, so an
-        # event without its own time never counts as before the opening.
-        at = event.occurred_at or max(received_at, self.opening.opened_at)
+        at = self._event_time(event, received_at)
+        self._check_allowed(event, at)
+
+    def receive(self, event: Event, received_at: datetime) -> InvalidEvent | None:
+        """Apply one validated event, or record why it was rejected.
+
+        Returns the rejection, or None when the event was applied or its
+        event_id was already applied. Raises nothing for bad input: a
+        rejection lands in ``rejected`` and in the record, and the event is
+        not applied.
+        """
+        if event.event_id in self.seen_event_ids:
+            return None
         try:
-            check_event_time(
-                at, self.opening.opened_at, received_at, self.policy.max_future_skew
-            )
+            at = self._event_time(event, received_at)
         except InvalidEvent as error:
             self.reject(event.signal, event.event_id, str(error), received_at)
-            return
+            return error
 
         # An event reported late still counts at its own time, but deadlines
-        # that passed before it are settled first. An action at the due time
-        # itself is on time. A time up to the allowed clock skew ahead counts
-        # as now, so no deadline fires early.
-        at = min(at, max(received_at, self.opening.opened_at))
+        # that passed before it are settled first, so it is checked against
+        # the ticket as it was then. An action at the due time itself is on
+        # time.
         self._settle_before(at)
         try:
-            self._check_allowed(event)
+            self.check(event, received_at)
         except InvalidEvent as error:
             self.reject(event.signal, event.event_id, str(error), received_at)
-            return
+            return error
         self.seen_event_ids.add(event.event_id)
-        self._record("event", at, _event_details(event))
+        details = _event_details(event)
+        self._record("event", at, details)
+        self.recent_events.append((at, details))
         handlers = {
             "claim": self._on_claim,
             "reassign": self._on_reassign,
@@ -253,6 +279,7 @@ class TicketLedger:
             "close": self._on_close,
         }
         handlers[event.signal](event, at)
+        return None
 
     def reject(
         self, signal: str, event_id: str | None, reason: str, received_at: datetime
@@ -266,9 +293,22 @@ class TicketLedger:
         self.rejected.append({**entry, "at": iso(received_at)})
         self._record("rejected", received_at, entry)
 
-    def _check_allowed(self, event: Event) -> None:
-        if self.state == "closed":
-            raise InvalidEvent(f"ticket {self.ticket_id} is closed")
+    def _event_time(self, event: Event, received_at: datetime) -> datetime:
+        """Return the time the event counts at, or raise ``InvalidEvent``.
+
+        The portal's clock may run a little ahead of the server's, so an event
+        without its own time never counts as before the opening. A time up to
+        the allowed clock skew ahead counts as now, so no deadline fires early.
+        """
+        at = event.occurred_at or max(received_at, self.opening.opened_at)
+        check_event_time(
+            at, self.opening.opened_at, received_at, self.policy.max_future_skew
+        )
+        return min(at, max(received_at, self.opening.opened_at))
+
+    def _check_allowed(self, event: Event, at: datetime) -> None:
+        if self.state == "closed" or self._closes_before(at):
+            raise TicketClosed(f"ticket {self.ticket_id} is closed")
         if event.signal == "claim" and self.tech is not None:
             raise InvalidEvent(
                 f"ticket {self.ticket_id} is already claimed by {self.tech.id}; "
@@ -282,6 +322,15 @@ class TicketLedger:
             raise InvalidEvent(
                 f"ticket {self.ticket_id} is not claimed; claim it first"
             )
+
+    def _closes_before(self, at: datetime) -> bool:
+        """Return True if the ladder's closing falls due before ``at``.
+
+        Only the closing ends a ticket without an event, so this tells, without
+        settling anything, whether settling up to ``at`` would close it.
+        """
+        closing = self.ladder.close if self.ladder is not None else None
+        return closing is not None and closing.is_open and closing.due_at < at
 
     def _on_claim(self, event: Event, at: datetime) -> None:
         assert event.tech is not None

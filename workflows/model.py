@@ -129,7 +129,11 @@ class TicketDefaults:
     """The service settings a ticket needs and cannot carry itself.
 
     ``policy_overrides`` maps Policy durations to strings such as ``"6h"``.
+    ``search_attributes`` turns on the upserts of the ticket's search
+    attributes. It defaults to False because tickets started before the field
+    existed must replay without the upserts their history lacks.
     """
 
     timezone: str
     policy_overrides: dict[str, str] = field(default_factory=dict)
+    search_attributes: bool = False

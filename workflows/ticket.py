@@ -4,21 +4,34 @@ It keeps the ticket's ledger, sleeps on one durable timer until the earliest
 reminder or due time, and wakes early when a portal event arrives. Signal
 handlers only queue the raw payload. The main loop validates and applies
 events in arrival order, sends the mail that fell due and stores the record.
+
+Every signal has an Update twin, ``<signal>_update``, with the same payload.
+Its validator rejects an event that the ledger would reject, before anything
+reaches the history. An accepted Update is queued like the signal and returns
+the ``status`` object once the main loop has applied it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.events import InvalidEvent, event_id_of, parse_event, parse_opening
+    from workflows.display import current_details
+    from workflows.events import (
+        InvalidEvent,
+        TicketClosed,
+        event_id_of,
+        parse_event,
+        parse_opening,
+    )
     from workflows.ledger import TicketLedger
     from workflows.model import (
         ACTIVITY_TIMEOUT_SECONDS,
@@ -32,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         TicketDefaults,
     )
     from workflows.policy import policy_with_overrides
+    from workflows.search import search_attribute_updates, ticket_search_values
 
 # Mail and database outages delay work, they must not lose it, so activities
 # retry without a limit; the backoff keeps a long outage cheap.
@@ -42,6 +56,30 @@ UNLIMITED_RETRY = RetryPolicy(
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
 
+# ApplicationError types of a rejected or failed Update, for callers to match.
+INVALID_EVENT = "InvalidEvent"
+TICKET_CLOSED = "TicketClosed"
+TICKET_STARTING = "TicketStarting"
+INVALID_TICKET_INPUT = "InvalidTicketInput"
+
+
+@dataclass
+class QueuedEvent:
+    """An event payload as a signal or Update handler received it."""
+
+    sequence: int
+    signal: str
+    payload: Any
+    received_at: datetime
+    # Set for an Update, whose handler waits for the outcome.
+    from_update: bool = False
+
+
+def rejection_error(error: InvalidEvent) -> ApplicationError:
+    """Return the ApplicationError that fails an Update with the rejection's reason."""
+    error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
+    return ApplicationError(str(error), type=error_type)
+
 
 @workflow.defn(name="TicketWorkflow")
 class TicketWorkflow:
@@ -50,8 +88,16 @@ class TicketWorkflow:
         # Queued here rather than in run, so a signal sent with signal-with-start
         # finds the queue ready before run begins.
         self._raw_opening = opening
-        self._inbox: list[tuple[str, Any, datetime]] = []
+        self._inbox: list[QueuedEvent] = []
+        self._queued_count = 0
+        # Outcome of each queued Update event, by sequence: None when applied,
+        # else the error that its handler raises.
+        self._outcomes: dict[int, ApplicationError | None] = {}
+        self._run_started = False
+        self._start_failure: ApplicationError | None = None
         self._ledger: TicketLedger | None = None
+        self._search_attributes = False
+        self._search_values: dict[str, Any] = {}
         self._timer: asyncio.Task[None] | None = None
         # Mail being sent, by notification sequence. Each send runs on its
         # own, so a mail server that keeps failing one mail holds back no
@@ -62,20 +108,21 @@ class TicketWorkflow:
 
     @workflow.run
     async def run(self, opening: Any = None) -> dict[str, Any]:
+        self._run_started = True
         try:
             parsed = parse_opening(opening)
         except InvalidEvent as error:
-            raise ApplicationError(
-                f"invalid ticket input: {error}", type="InvalidTicketInput"
-            ) from None
+            await self._fail_start(
+                f"invalid ticket input: {error}", INVALID_TICKET_INPUT
+            )
         # The id names the ticket for callers, and the record is kept by
         # ticket_id, so two workflows must never share one ticket_id.
         expected_id = f"ticket-{parsed.ticket_id}"
         if workflow.info().workflow_id != expected_id:
-            raise ApplicationError(
+            await self._fail_start(
                 f"invalid workflow id {workflow.info().workflow_id!r}: the ticket "
                 f"{parsed.ticket_id} must run as {expected_id!r}",
-                type="InvalidTicketInput",
+                INVALID_TICKET_INPUT,
             )
 
         defaults = await workflow.execute_local_activity(
@@ -86,9 +133,10 @@ class TicketWorkflow:
         try:
             policy = policy_with_overrides(defaults.policy_overrides)
         except ValueError as error:
-            raise ApplicationError(
-                f"invalid POLICY_OVERRIDES: {error}", type="InvalidPolicy"
-            ) from None
+            await self._fail_start(
+                f"invalid POLICY_OVERRIDES: {error}", "InvalidPolicy"
+            )
+        self._search_attributes = defaults.search_attributes
         zone_name = parsed.timezone or defaults.timezone
         self._ledger = TicketLedger(parsed, zone_name, policy)
         self._ledger.skip_late_reminders = True
@@ -98,6 +146,9 @@ class TicketWorkflow:
             self._woken = False
             self._apply_inbox()
             self._ledger.advance(workflow.now())
+            # Before the first await, so the UI and list queries show an
+            # applied event in the same workflow task that completes its Update.
+            self._publish()
             await self._deliver()
             # A closed ticket still delivers the mail that fell due before the
             # close; nothing falls due after it.
@@ -110,11 +161,22 @@ class TicketWorkflow:
             self._timer.cancel()
         # Sends that finished during the last record flush left entries behind.
         await self._store_record()
+        # An Update whose event closed the ticket returns its status first.
+        await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.logger.info(
             "Ticket closed",
             extra={"ticket_id": parsed.ticket_id, "reason": self._ledger.close_reason},
         )
         return self._ledger.status()
+
+    async def _fail_start(self, message: str, error_type: str) -> NoReturn:
+        """Fail the workflow before it has a ledger, and any Update sent with it."""
+        self._start_failure = ApplicationError(message, type=error_type)
+        # An Update sent with update-with-start waits for the ledger. It fails
+        # with the same reason before the workflow does, so its caller learns
+        # why instead of getting a bare "workflow completed" error.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        raise ApplicationError(message, type=error_type)
 
     async def _sleep_until_next_due(self) -> None:
         """Wait for the ledger's next due time or the next event, whichever is first.
@@ -123,7 +185,6 @@ class TicketWorkflow:
         as it was, so most events cost no timer cancellation in the history.
         """
         assert self._ledger is not None
-        self._show_details()
         upcoming = self._ledger.next_due()
         when = upcoming[0] if upcoming is not None else None
         if self._timer is not None and (self._timer_due != when or self._timer.done()):
@@ -150,20 +211,27 @@ class TicketWorkflow:
     def _apply_inbox(self) -> None:
         assert self._ledger is not None
         inbox, self._inbox = self._inbox, []
-        for signal, raw, received_at in inbox:
-            try:
-                event = parse_event(signal, raw)
-            except InvalidEvent as error:
-                event_id = event_id_of(raw)
-                if event_id is not None and event_id in self._ledger.seen_event_ids:
-                    continue
-                self._ledger.reject(signal, event_id, str(error), received_at)
+        for queued in inbox:
+            rejection = self._apply_event(queued)
+            if rejection is not None:
                 self._log_rejection()
-                continue
-            rejected_before = len(self._ledger.rejected)
-            self._ledger.receive(event, received_at)
-            if len(self._ledger.rejected) > rejected_before:
-                self._log_rejection()
+            if queued.from_update:
+                self._outcomes[queued.sequence] = (
+                    rejection_error(rejection) if rejection is not None else None
+                )
+
+    def _apply_event(self, queued: QueuedEvent) -> InvalidEvent | None:
+        """Apply one queued event to the ledger and return its rejection, if any."""
+        assert self._ledger is not None
+        try:
+            event = parse_event(queued.signal, queued.payload)
+        except InvalidEvent as error:
+            event_id = event_id_of(queued.payload)
+            if event_id is not None and event_id in self._ledger.seen_event_ids:
+                return None
+            self._ledger.reject(queued.signal, event_id, str(error), queued.received_at)
+            return error
+        return self._ledger.receive(event, queued.received_at)
 
     def _log_rejection(self) -> None:
         assert self._ledger is not None
@@ -231,25 +299,96 @@ class TicketWorkflow:
             # Wake the main loop to store the result in the record.
             self._woken = True
 
-    def _show_details(self) -> None:
-        """Show the open obligations in the UI's current details."""
-        assert self._ledger is not None
-        ledger = self._ledger
-        rows = [
-            f"| {o.kind} | {o.owner} | {ledger.local_time(o.due_at)} |"
-            for o in ledger.obligations
-            if o.is_open
-        ]
-        tech = ledger.tech.id if ledger.tech is not None else "no tech"
-        header = (
-            f"**{ledger.ticket_id}**: {ledger.state}, {ledger.priority}, {tech}; "
-            f"times in {ledger.zone_name}\n\n"
-        )
-        table = "| obligation | owner | due |\n|---|---|---|\n" + "\n".join(rows)
-        workflow.set_current_details(header + (table if rows else "Nothing open."))
+    def _publish(self) -> None:
+        """Show the ledger in the UI's current details and in the search attributes.
 
-    def _queue(self, signal: str, payload: Any) -> None:
-        self._inbox.append((signal, payload, workflow.now()))
+        Attributes are upserted only when a value changed, and only when the
+        worker found them registered on the namespace at the ticket's start.
+        """
+        assert self._ledger is not None
+        workflow.set_current_details(current_details(self._ledger))
+        if not self._search_attributes:
+            return
+        values = ticket_search_values(self._ledger)
+        updates = search_attribute_updates(self._search_values, values)
+        if updates:
+            workflow.upsert_search_attributes(updates)
+            self._search_values = values
+
+    def _queue(self, signal: str, payload: Any, from_update: bool = False) -> int:
+        """Queue an event for the main loop and return its sequence number."""
+        self._queued_count += 1
+        queued = QueuedEvent(
+            self._queued_count, signal, payload, workflow.now(), from_update
+        )
+        self._inbox.append(queued)
+        return queued.sequence
+
+    def _validate_update(self, signal: str, payload: Any) -> None:
+        """Raise the ApplicationError that rejects an Update before it is accepted.
+
+        Runs read-only, so a rejected Update leaves no trace in the history or
+        in the ticket's record.
+        """
+        ledger = self._ledger
+        if ledger is None:
+            if self._start_failure is not None:
+                raise ApplicationError(
+                    self._start_failure.message, type=self._start_failure.type
+                )
+            if self._run_started:
+                # Rare: the start's local activity is still running.
+                raise ApplicationError(
+                    f"{workflow.info().workflow_id} is starting; send the update "
+                    "again in a second",
+                    type=TICKET_STARTING,
+                )
+            # Update-with-start: the Update arrives together with the start,
+            # before run has built the ledger. Only the payload is checked here.
+            # The main loop checks the rest, and a rejection there fails the
+            # Update after it was accepted, with the same error types.
+            try:
+                parse_event(signal, payload)
+            except InvalidEvent as error:
+                raise rejection_error(error) from None
+            return
+
+        if ledger.state == "closed":
+            raise ApplicationError(
+                f"ticket {ledger.ticket_id} is closed", type=TICKET_CLOSED
+            )
+        # A repeated event_id of an applied event is accepted and changes
+        # nothing, like a repeated signal.
+        event_id = event_id_of(payload)
+        if event_id is not None and event_id in ledger.seen_event_ids:
+            return
+        try:
+            ledger.check(parse_event(signal, payload), workflow.now())
+        except InvalidEvent as error:
+            raise rejection_error(error) from None
+
+    async def _run_update(self, signal: str, payload: Any) -> dict[str, Any]:
+        """Queue an accepted Update's event and return the status once it is applied.
+
+        The event can still be rejected when the main loop applies it: an
+        Update sent with the start, or two Updates that each passed validation
+        but conflict, such as two claims. The Update then fails with the
+        rejection, which the ticket's record keeps too.
+        """
+        sequence = self._queue(signal, payload, from_update=True)
+        await workflow.wait_condition(
+            lambda: sequence in self._outcomes or self._start_failure is not None
+        )
+        if sequence not in self._outcomes:
+            assert self._start_failure is not None
+            raise ApplicationError(
+                self._start_failure.message, type=self._start_failure.type
+            )
+        failure = self._outcomes.pop(sequence)
+        if failure is not None:
+            raise failure
+        assert self._ledger is not None
+        return self._ledger.status()
 
     @workflow.signal(name="claim")
     def claim(self, payload: Any = None) -> None:
@@ -282,6 +421,70 @@ class TicketWorkflow:
     @workflow.signal(name="close")
     def close(self, payload: Any = None) -> None:
         self._queue("close", payload)
+
+    @workflow.update(name="claim_update")
+    async def claim_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("claim", payload)
+
+    @claim_update.validator
+    def validate_claim_update(self, payload: Any = None) -> None:
+        self._validate_update("claim", payload)
+
+    @workflow.update(name="reassign_update")
+    async def reassign_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("reassign", payload)
+
+    @reassign_update.validator
+    def validate_reassign_update(self, payload: Any = None) -> None:
+        self._validate_update("reassign", payload)
+
+    @workflow.update(name="release_update")
+    async def release_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("release", payload)
+
+    @release_update.validator
+    def validate_release_update(self, payload: Any = None) -> None:
+        self._validate_update("release", payload)
+
+    @workflow.update(name="contact_attempt_update")
+    async def contact_attempt_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("contact_attempt", payload)
+
+    @contact_attempt_update.validator
+    def validate_contact_attempt_update(self, payload: Any = None) -> None:
+        self._validate_update("contact_attempt", payload)
+
+    @workflow.update(name="notes_updated_update")
+    async def notes_updated_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("notes_updated", payload)
+
+    @notes_updated_update.validator
+    def validate_notes_updated_update(self, payload: Any = None) -> None:
+        self._validate_update("notes_updated", payload)
+
+    @workflow.update(name="customer_message_update")
+    async def customer_message_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("customer_message", payload)
+
+    @customer_message_update.validator
+    def validate_customer_message_update(self, payload: Any = None) -> None:
+        self._validate_update("customer_message", payload)
+
+    @workflow.update(name="time_logged_update")
+    async def time_logged_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("time_logged", payload)
+
+    @time_logged_update.validator
+    def validate_time_logged_update(self, payload: Any = None) -> None:
+        self._validate_update("time_logged", payload)
+
+    @workflow.update(name="close_update")
+    async def close_update(self, payload: Any = None) -> dict[str, Any]:
+        return await self._run_update("close", payload)
+
+    @close_update.validator
+    def validate_close_update(self, payload: Any = None) -> None:
+        self._validate_update("close", payload)
 
     @workflow.signal(dynamic=True)
     def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
