@@ -47,6 +47,7 @@ from temporalio.worker.workflow_sandbox import (
 
 from activities import TicketActivities
 from mailsink import MailSink
+from portal import EventRejected, Tech, TicketClosed, TicketNotFound, TicketPortal
 from settings import Settings, load_settings
 from tests.binaries import dev_server_path
 from worker import PASSTHROUGH_MODULES, create_worker
@@ -733,3 +734,72 @@ async def test_unregistered_attributes_stay_off(tmp_path: Path) -> None:
     assert claimed["state"] == "claimed"
     assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in event_types
     assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in event_types
+
+
+@pytest.fixture
+def portal(service: DevService) -> TicketPortal:
+    return TicketPortal(service.client, service.settings.temporal_task_queue)
+
+
+def portal_tech(service: DevService) -> Tech:
+    tech = service.tech()
+    return Tech(id=tech["id"], email=tech["email"], name=tech["name"])
+
+
+async def test_portal_claim_opens_new_ticket(
+    portal: TicketPortal, service: DevService
+) -> None:
+    ticket = new_ticket(seconds_now())
+    tech = portal_tech(service)
+
+    status = await portal.claim(ticket["ticket_id"], tech, opening=ticket)
+
+    assert status["state"] == "claimed"
+    assert status["tech_id"] == tech.id
+    with pytest.raises(EventRejected) as rejected:
+        await portal.claim(ticket["ticket_id"], portal_tech(service), opening=ticket)
+    assert "already claimed by" in rejected.value.reason
+
+
+async def test_portal_rejects_bad_event(
+    portal: TicketPortal, service: DevService
+) -> None:
+    ticket = new_ticket(seconds_now())
+    await portal.claim(ticket["ticket_id"], portal_tech(service), opening=ticket)
+
+    with pytest.raises(EventRejected) as rejected:
+        await portal.contact_attempt(
+            ticket["ticket_id"], channel="pigeon", outcome="reached"
+        )
+    assert rejected.value.event == "contact_attempt"
+    assert "invalid channel 'pigeon'" in rejected.value.reason
+
+    status = await portal.contact_attempt(
+        ticket["ticket_id"], channel="phone", outcome="reached"
+    )
+    assert [
+        o["status"] for o in status["obligations"] if o["kind"] == "first_contact"
+    ] == ["met"]
+
+
+async def test_portal_unknown_ticket_not_found(portal: TicketPortal) -> None:
+    with pytest.raises(TicketNotFound, match="ticket T-nobody not found"):
+        await portal.notes_updated("T-nobody")
+    with pytest.raises(TicketNotFound):
+        await portal.status("T-nobody")
+
+
+async def test_portal_closed_ticket_raises(
+    portal: TicketPortal, service: DevService
+) -> None:
+    ticket = new_ticket(seconds_now())
+    ticket_id = ticket["ticket_id"]
+    await portal.claim(ticket_id, portal_tech(service), opening=ticket)
+    status = await portal.close(ticket_id, reason="duplicate")
+    assert status["state"] == "closed"
+    await portal.handle(ticket_id).result()
+
+    with pytest.raises(TicketClosed, match=f"ticket {ticket_id} is closed"):
+        await portal.notes_updated(ticket_id)
+    with pytest.raises(TicketClosed, match=f"ticket {ticket_id} is closed"):
+        await portal.claim(ticket_id, portal_tech(service), opening=ticket)
