@@ -119,39 +119,7 @@ class TicketPortal:
         existing one is claimed. A closed ticket is never opened again.
         """
         payload = event_payload(event_id, occurred_at, tech=tech.to_json())
-        if opening is None:
-            return await self._update(ticket_id, "claim", payload)
-
-        try:
-            summary, details = ticket_summary(opening)
-        except InvalidEvent as error:
-            raise EventRejected(ticket_id, "open", str(error)) from None
-        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-            WORKFLOW_TYPE,
-            opening,
-            id=workflow_id(ticket_id),
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=summary,
-            static_details=details,
-        )
-        try:
-            result: dict[
-                str, Any
-            ] = await self.client.execute_update_with_start_workflow(
-                "claim_update", payload, start_workflow_operation=start
-            )
-        except WorkflowUpdateFailedError as error:
-            raise self._rejection(ticket_id, "claim", error) from None
-        except WorkflowAlreadyStartedError:
-            raise TicketClosed(f"ticket {ticket_id} is closed") from None
-        finally:
-            # The start's own outcome is not needed, but asyncio logs an
-            # unread one as an exception that was never retrieved.
-            with contextlib.suppress(Exception):
-                await start.workflow_handle()
-        return result
+        return await self.send(ticket_id, "claim", payload, opening=opening)
 
     async def reassign(
         self,
@@ -239,6 +207,54 @@ class TicketPortal:
         """Close the ticket; ``reason`` is one of the contract's close reasons."""
         payload = event_payload(event_id, occurred_at, reason=reason)
         return await self._update(ticket_id, "close", payload)
+
+    async def send(
+        self,
+        ticket_id: str,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        opening: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send one event's JSON payload by its contract name; return the new status.
+
+        ``opening`` is only for ``claim``: see ``claim``.
+        """
+        if opening is None:
+            return await self._update(ticket_id, event, payload)
+        if event != "claim":
+            raise ValueError(f"only claim can open a ticket, not {event}")
+
+        try:
+            summary, details = ticket_summary(opening)
+        except InvalidEvent as error:
+            raise EventRejected(ticket_id, "open", str(error)) from None
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            WORKFLOW_TYPE,
+            opening,
+            id=workflow_id(ticket_id),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=summary,
+            static_details=details,
+        )
+        try:
+            result: dict[
+                str, Any
+            ] = await self.client.execute_update_with_start_workflow(
+                "claim_update", payload, start_workflow_operation=start
+            )
+        except WorkflowUpdateFailedError as error:
+            raise self._rejection(ticket_id, "claim", error) from None
+        except WorkflowAlreadyStartedError:
+            raise TicketClosed(f"ticket {ticket_id} is closed") from None
+        finally:
+            # The start's own outcome is not needed, but asyncio logs an
+            # unread one as an exception that was never retrieved.
+            with contextlib.suppress(Exception):
+                await start.workflow_handle()
+        return result
 
     async def _update(
         self, ticket_id: str, event: str, payload: dict[str, Any]

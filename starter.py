@@ -37,7 +37,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 
+from portal import EventRejected, TicketClosed, TicketNotFound, TicketPortal
 from settings import Settings, SettingsError, load_settings
+from workflows.display import ticket_summary
 from workflows.events import (
     CHANNELS,
     CLOSE_REASONS,
@@ -275,6 +277,8 @@ class TicketClient:
 
     async def _start(self, opening: dict[str, Any], **options: Any) -> None:
         ticket_id = opening["ticket_id"]
+        # The UI shows these at the top of the ticket's page.
+        summary, details = ticket_summary(opening)
         try:
             await self.client.start_workflow(
                 WORKFLOW_TYPE,
@@ -282,6 +286,8 @@ class TicketClient:
                 id=workflow_id(ticket_id),
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=summary,
+                static_details=details,
                 **options,
             )
         except WorkflowAlreadyStartedError:
@@ -1634,21 +1640,17 @@ async def run_command(args: argparse.Namespace, settings: Settings, out: TextIO)
     opening = None
     if args.command == "claim" and args.customer_id:
         opening = opening_from_args(args, with_tech=False)
-    await tickets.send(args.ticket_id, signal, payload, opening=opening)
-
+    # An Update confirms the event: the validator's reason comes back at once.
+    portal = TicketPortal(tickets.client, tickets.task_queue)
     try:
-        reason = await tickets.rejection_of(args.ticket_id, event_id)
-    except StarterError as error:
-        print(
-            f"sent {signal} to ticket {args.ticket_id} (event {event_id}), but "
-            f"could not confirm that it was accepted: {error}",
-            file=sys.stderr,
-        )
-        return 0
-    if reason is not None:
+        await portal.send(args.ticket_id, signal, payload, opening=opening)
+    except EventRejected as error:
         raise StarterError(
-            f"ticket {args.ticket_id} rejected {signal} (event {event_id}): {reason}"
-        )
+            f"ticket {args.ticket_id} rejected {signal} (event {event_id}): "
+            f"{error.reason}"
+        ) from None
+    except (TicketNotFound, TicketClosed) as error:
+        raise StarterError(str(error)) from None
     print(f"sent {signal} to ticket {args.ticket_id} (event {event_id})", file=out)
     return 0
 
