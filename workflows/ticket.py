@@ -78,7 +78,9 @@ class QueuedEvent:
 def rejection_error(error: InvalidEvent) -> ApplicationError:
     """Return the ApplicationError that fails an Update with the rejection's reason."""
     error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
-    return ApplicationError(str(error), type=error_type)
+    # Sending the same event again gives the same answer, so callers should
+    # not retry it.
+    return ApplicationError(str(error), type=error_type, non_retryable=True)
 
 
 @workflow.defn(name="TicketWorkflow")
@@ -355,7 +357,9 @@ class TicketWorkflow:
 
         if ledger.state == "closed":
             raise ApplicationError(
-                f"ticket {ledger.ticket_id} is closed", type=TICKET_CLOSED
+                f"ticket {ledger.ticket_id} is closed",
+                type=TICKET_CLOSED,
+                non_retryable=True,
             )
         # A repeated event_id of an applied event is accepted and changes
         # nothing, like a repeated signal.
