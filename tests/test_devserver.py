@@ -605,12 +605,21 @@ async def test_list_queries_find_tickets(service: DevService) -> None:
     claims_owed = await service.list_ids(
         f'{ours} AND NextDueKind = "claim"', {unclaimed.id}
     )
+    every_id = {handle.id for handle in handles}
+    high = await service.list_ids(f'{ours} AND TicketPriority = "high"', every_id)
+    normal = await service.list_ids(f'{ours} AND TicketPriority = "normal"', set())
+    in_new_york = await service.list_ids(
+        f'{ours} AND CustomerTimezone = "America/New_York"', every_id
+    )
 
     assert by_tech == {claimed.id}
     assert closed_by_tech == {closed.id}
     assert with_breach == {breached.id}
     assert due_soon == {claimed.id, breached.id}
     assert claims_owed == {unclaimed.id}
+    assert high == every_id
+    assert normal == set()
+    assert in_new_york == every_id
 
 
 async def test_describe_shows_details_and_timers(service: DevService) -> None:
