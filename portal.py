@@ -7,7 +7,7 @@ ticket's new ``status`` object, and raises:
 
 - ``TicketNotFound``: no ticket with this id exists.
 - ``TicketClosed``: the ticket is closed, or its workflow ended otherwise.
-- ``EventRejected``: the event is invalid for this ticket; ``reason`` says why.
+- ``EventRejected``: the event is invalid for this ticket; ``reason`` gives the cause.
 
 ``claim`` can also open the ticket in the same call (update-with-start), so
 the portal need not know whether the ticket's workflow exists yet.
