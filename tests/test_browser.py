@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from activities import TicketActivities
 from mailsink import MailSink
 from portal import Tech, TicketPortal
 from settings import load_settings
-from tests.binaries import dev_server_path
+from tests.binaries import dev_server_path, free_port
 from worker import create_worker
 from workflows.search import TICKET_SEARCH_ATTRIBUTES
 
@@ -50,7 +49,7 @@ def chromium_path() -> str:
 
 @pytest.fixture
 async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
-    ui_port = _free_port()
+    ui_port = free_port()
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=dev_server_path(),
         search_attributes=TICKET_SEARCH_ATTRIBUTES,
@@ -59,13 +58,6 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
     )
     async with environment:
         yield environment, ui_port
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_ui_shows_current_details(

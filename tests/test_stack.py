@@ -12,7 +12,6 @@ import mailbox
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.binaries import free_port
+
 PROJECT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def copy_project(target: Path) -> Path:
@@ -172,8 +166,8 @@ def test_stack_runs_a_ticket_and_stops(
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "unclaimed"
 
-    # A terminated ticket still answers the status query with its last
-    # state, so status must say that the workflow ended.
+    # A terminated ticket still returns its last state from the status
+    # query, so the status command must say that the workflow ended.
     terminated = subprocess.run(
         [
             str(Path(sys.executable).parent / "temporal"),
