@@ -1,4 +1,4 @@
-"""What the Temporal web UI and CLI show for a ticket, as Temporal markdown.
+"""Texts the Temporal web UI and CLI show for a ticket, in Temporal markdown.
 
 ``ticket_summary`` builds the static summary and details that the caller
 starting a ticket passes to ``start_workflow``. ``current_details`` renders the

@@ -203,11 +203,11 @@ def check_event_time(
         )
 
 
-def _require_object(raw: Any, what: str) -> dict[str, Any]:
+def _require_object(raw: Any, label: str) -> dict[str, Any]:
     if raw is None:
-        raise InvalidEvent(f"missing {what}")
+        raise InvalidEvent(f"missing {label}")
     if not isinstance(raw, dict):
-        raise InvalidEvent(f"{what} must be a JSON object, got {type(raw).__name__}")
+        raise InvalidEvent(f"{label} must be a JSON object, got {type(raw).__name__}")
     return raw
 
 

@@ -326,8 +326,8 @@ class TicketLedger:
     def _closes_before(self, at: datetime) -> bool:
         """Return True if the ladder's closing falls due before ``at``.
 
-        Only the closing ends a ticket without an event, so this tells, without
-        settling anything, whether settling up to ``at`` would close it.
+        Only the closing ends a ticket without an event, so this predicts,
+        without settling anything, whether settling up to ``at`` would close it.
         """
         closing = self.ladder.close if self.ladder is not None else None
         return closing is not None and closing.is_open and closing.due_at < at
@@ -636,8 +636,8 @@ class TicketLedger:
     def _fall_due(self, obligation: Obligation, at: datetime) -> None:
         if obligation.kind == "check_in":
             self._end(obligation, "met", at)
-            # The customer is told when the tech was due to call, whether or
-            # not the tech did.
+            # The mail gives the customer the tech's first-contact due time,
+            # whether or not the tech met it.
             first_contacts = [o for o in self.obligations if o.kind == "first_contact"]
             self._notify(
                 "check_in",
@@ -678,7 +678,7 @@ class TicketLedger:
     # Notifications
 
     def _notify_owner(self, kind: str, obligation: Obligation, at: datetime) -> None:
-        """Notify the obligation's owner: its tech, or ops when nobody holds it."""
+        """Notify the obligation's owner: its tech, or ops when no tech owns it."""
         if obligation.owner in self.techs:
             self._notify(kind, "tech", at, owed=obligation, tech_id=obligation.owner)
         else:

@@ -21,7 +21,7 @@ ACTIVITY_TIMEOUT_SECONDS = 60
 
 @dataclass
 class Person:
-    """A customer or tech as the ticket knows them."""
+    """A customer or tech, as stored on the ticket."""
 
     id: str
     name: str | None = None
@@ -91,7 +91,7 @@ class NotificationInput:
 
 @dataclass
 class NotificationResult:
-    """What happened to one mail: ``sent``, ``already_sent`` or ``failed``."""
+    """The outcome of one mail: ``sent``, ``already_sent`` or ``failed``."""
 
     status: str
     message_id: str

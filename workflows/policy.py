@@ -185,8 +185,8 @@ def customer_mail_time(
 ) -> datetime:
     """Return when a customer mail due at ``due_at`` may be sent.
 
-    Mail to the customer of a normal ticket waits out the quiet window; mail
-    for urgent tickets, and mail to techs and ops, goes when due.
+    Mail to the customer of a normal ticket waits out the quiet window. Mail
+    for urgent tickets, and all mail to techs and ops, goes when due.
     """
     if is_urgent(priority) or not is_quiet(due_at, zone, policy):
         return due_at.astimezone(UTC)

@@ -78,7 +78,7 @@ class QueuedEvent:
 def rejection_error(error: InvalidEvent) -> ApplicationError:
     """Return the ApplicationError that fails an Update with the rejection's reason."""
     error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
-    # Sending the same event again gives the same answer, so callers should
+    # Sending the same event again gives the same result, so callers should
     # not retry it.
     return ApplicationError(str(error), type=error_type, non_retryable=True)
 
