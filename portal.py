@@ -9,6 +9,9 @@ ticket's new ``status`` object, and raises:
 - ``TicketClosed``: the ticket is closed, or its workflow ended otherwise.
 - ``EventRejected``: the event is invalid for this ticket; ``reason`` gives the cause.
 
+A rejected event is kept in the ticket's record too, with its reason: the
+client reports each rejection that the workflow did not record itself.
+
 ``claim`` can also open the ticket in the same call (update-with-start), so
 the portal need not know whether the ticket's workflow exists yet.
 """
@@ -16,6 +19,7 @@ the portal need not know whether the ticket's workflow exists yet.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +37,9 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.display import ticket_summary
-from workflows.events import InvalidEvent
+from workflows.events import InvalidEvent, event_id_of
+
+logger = logging.getLogger(__name__)
 
 WORKFLOW_TYPE = "TicketWorkflow"
 
@@ -246,7 +252,7 @@ class TicketPortal:
                 "claim_update", payload, start_workflow_operation=start
             )
         except WorkflowUpdateFailedError as error:
-            raise self._rejection(ticket_id, "claim", error) from None
+            raise await self._rejection(ticket_id, "claim", payload, error) from None
         except WorkflowAlreadyStartedError:
             raise TicketClosed(f"ticket {ticket_id} is closed") from None
         finally:
@@ -265,19 +271,42 @@ class TicketPortal:
                 f"{event}_update", payload
             )
         except WorkflowUpdateFailedError as error:
-            raise self._rejection(ticket_id, event, error) from None
+            raise await self._rejection(ticket_id, event, payload, error) from None
         except RPCError as error:
             raise await self._ended_or_missing(ticket_id, error) from None
         return result
 
-    def _rejection(
-        self, ticket_id: str, event: str, error: WorkflowUpdateFailedError
+    async def _rejection(
+        self,
+        ticket_id: str,
+        event: str,
+        payload: Any,
+        error: WorkflowUpdateFailedError,
     ) -> PortalError:
+        """Turn a failed Update into a portal error, and record it if it is not yet."""
         cause = error.cause
         if isinstance(cause, ApplicationError) and cause.type == "TicketClosed":
             return TicketClosed(f"ticket {ticket_id} is closed")
-        reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
-        return EventRejected(ticket_id, event, reason)
+        if not isinstance(cause, ApplicationError):
+            return EventRejected(ticket_id, event, str(cause))
+
+        if cause.type == "InvalidEvent" and not _recorded(cause):
+            # A validator's rejection is not in the history; this signal puts
+            # it in the ticket's record. Losing it to an outage must not hide
+            # the rejection from the caller, so its failure is only logged.
+            report = {
+                "event": event,
+                "event_id": event_id_of(payload),
+                "reason": cause.message,
+            }
+            try:
+                await self.handle(ticket_id).signal("record_rejection", report)
+            except RPCError as signal_error:
+                logger.warning(
+                    "Rejected event not recorded",
+                    extra={"ticket_id": ticket_id, "error": str(signal_error)},
+                )
+        return EventRejected(ticket_id, event, cause.message)
 
     async def _ended_or_missing(self, ticket_id: str, error: RPCError) -> Exception:
         """Turn the server's error for an update into a portal error, if it is one."""
@@ -295,6 +324,15 @@ class TicketPortal:
                 f"ticket {ticket_id} is not open: its workflow ended as {name}"
             )
         return error
+
+
+def _recorded(error: ApplicationError) -> bool:
+    """Return whether the workflow's record already keeps the rejection."""
+    details = error.details
+    if details and isinstance(details[0], dict):
+        return details[0].get("recorded") is not False
+    # An older worker sends no details and records nothing for its validator.
+    return False
 
 
 def event_payload(

@@ -319,9 +319,11 @@ async def test_bad_update_leaves_history_unchanged(service: DevService) -> None:
         error = update_error(raised)
         assert error.type == "InvalidEvent", update_name
         assert reason in error.message, update_name
+        # The caller is told to report the rejection for the ticket's record.
+        assert list(error.details) == [{"recorded": False}], update_name
 
     assert await history_length(handle) == length_before
-    # Nothing reached the workflow, so the record keeps no rejection either.
+    # Nothing reached the workflow, so the record keeps no rejection yet.
     assert (await handle.query("status"))["rejected"] == []
 
 
@@ -778,7 +780,7 @@ async def test_portal_rejects_bad_event(
 
     with pytest.raises(EventRejected) as rejected:
         await portal.contact_attempt(
-            ticket["ticket_id"], channel="pigeon", outcome="reached"
+            ticket["ticket_id"], channel="pigeon", outcome="reached", event_id="e-bad"
         )
     assert rejected.value.event == "contact_attempt"
     assert "invalid channel 'pigeon'" in rejected.value.reason
@@ -789,6 +791,10 @@ async def test_portal_rejects_bad_event(
     assert [
         o["status"] for o in status["obligations"] if o["kind"] == "first_contact"
     ] == ["met"]
+    # The portal reported the validator's rejection, so the record keeps it.
+    assert [
+        (r["signal"], r["event_id"], r["reason"]) for r in status["rejected"]
+    ] == [("contact_attempt", "e-bad", rejected.value.reason)]
 
 
 async def test_portal_unknown_ticket_not_found(portal: TicketPortal) -> None:

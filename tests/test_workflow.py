@@ -709,6 +709,46 @@ async def test_bad_events_are_rejected_and_kept(service: Service) -> None:
     await assert_no_task_failures(handle)
 
 
+async def test_reported_update_rejection_is_kept(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0))
+    handle = await service.open(ticket)
+    await handle.signal(
+        "claim", service.event(tech=TECH_K4, occurred_at=iso(local(day, 9, 0)))
+    )
+    await service.skip_to(local(day, 9, 10))
+    before = await status(handle)
+
+    reason = "invalid channel 'pigeon'; expected one of phone, email"
+    await handle.signal(
+        "record_rejection",
+        {"event": "contact_attempt", "event_id": "e-pigeon", "reason": reason},
+    )
+    # A report that is itself bad is rejected under its own name.
+    await handle.signal(
+        "record_rejection", {"event": "teleport", "reason": "no", "event_id": "e-x"}
+    )
+    await service.skip_to(local(day, 9, 20))
+
+    current = await status(handle)
+    assert [
+        (r["signal"], r["event_id"], r["reason"][:40]) for r in current["rejected"]
+    ] == [
+        ("contact_attempt", "e-pigeon", reason[:40]),
+        ("record_rejection", "e-x", "invalid event 'teleport'; expected one o"),
+    ]
+    assert {**current, "rejected": []} == {**before, "rejected": []}
+    record = service.activities.store.ticket_record(ticket["ticket_id"])
+    kept = [entry.details for entry in record if entry.entry_type == "rejected"]
+    assert kept[0] == {
+        "event_id": "e-pigeon",
+        "signal": "contact_attempt",
+        "reason": reason,
+    }
+    assert len(kept) == 2
+    await assert_no_task_failures(handle)
+
+
 async def test_repeated_event_id_changes_nothing(service: Service) -> None:
     day = await future_day(service)
     ticket = new_ticket(local(day, 9, 0))

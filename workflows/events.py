@@ -175,6 +175,28 @@ def parse_event(signal: str, raw: Any) -> Event:
     return Event(signal, event_id, occurred_at)
 
 
+@dataclass(frozen=True)
+class RejectionReport:
+    """An Update event that its validator rejected, as the caller reports it."""
+
+    signal: str
+    event_id: str | None
+    reason: str
+
+
+def parse_rejection_report(raw: Any) -> RejectionReport:
+    """Validate a ``record_rejection`` payload: ``event``, ``reason``, ``event_id``.
+
+    Raises:
+        InvalidEvent: the payload is not a valid report.
+    """
+    fields = _require_object(raw, "record_rejection payload")
+    signal = _choice(fields.get("event"), "event", SIGNALS)
+    reason = _require_text(fields, "reason", MAX_TEXT_LENGTH)
+    event_id = _optional_text(fields, "event_id", MAX_ID_LENGTH)
+    return RejectionReport(signal, event_id, reason)
+
+
 def event_id_of(raw: Any) -> str | None:
     """Return the payload's event_id when it is a usable string, else None."""
     if isinstance(raw, dict):

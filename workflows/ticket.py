@@ -9,6 +9,11 @@ Every signal has an Update twin, ``<signal>_update``, with the same payload.
 Its validator rejects an event that the ledger would reject, before anything
 reaches the history. An accepted Update is queued like the signal and returns
 the ``status`` object once the main loop has applied it.
+
+A validator's rejection never reaches the history, so its caller reports it
+with the ``record_rejection`` signal, which puts it in the ticket's record. The
+error says whether that is needed: its details hold ``{"recorded": false}``.
+The portal client in this project does so by itself.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         event_id_of,
         parse_event,
         parse_opening,
+        parse_rejection_report,
     )
     from workflows.ledger import TicketLedger
     from workflows.model import (
@@ -75,12 +81,22 @@ class QueuedEvent:
     from_update: bool = False
 
 
-def rejection_error(error: InvalidEvent) -> ApplicationError:
-    """Return the ApplicationError that fails an Update with the rejection's reason."""
+# The signal that reports an Update rejected by its validator.
+RECORD_REJECTION = "record_rejection"
+
+
+def rejection_error(error: InvalidEvent, *, recorded: bool) -> ApplicationError:
+    """Return the ApplicationError that fails an Update with the rejection's reason.
+
+    ``recorded`` tells the caller whether the ticket's record already keeps the
+    rejection; when False, the caller reports it with ``record_rejection``.
+    """
     error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
     # Sending the same event again gives the same result, so callers should
     # not retry it.
-    return ApplicationError(str(error), type=error_type, non_retryable=True)
+    return ApplicationError(
+        str(error), {"recorded": recorded}, type=error_type, non_retryable=True
+    )
 
 
 @workflow.defn(name="TicketWorkflow")
@@ -219,12 +235,16 @@ class TicketWorkflow:
                 self._log_rejection()
             if queued.from_update:
                 self._outcomes[queued.sequence] = (
-                    rejection_error(rejection) if rejection is not None else None
+                    rejection_error(rejection, recorded=True)
+                    if rejection is not None
+                    else None
                 )
 
     def _apply_event(self, queued: QueuedEvent) -> InvalidEvent | None:
         """Apply one queued event to the ledger and return its rejection, if any."""
         assert self._ledger is not None
+        if queued.signal == RECORD_REJECTION:
+            return self._record_reported_rejection(queued)
         try:
             event = parse_event(queued.signal, queued.payload)
         except InvalidEvent as error:
@@ -234,6 +254,25 @@ class TicketWorkflow:
             self._ledger.reject(queued.signal, event_id, str(error), queued.received_at)
             return error
         return self._ledger.receive(event, queued.received_at)
+
+    def _record_reported_rejection(self, queued: QueuedEvent) -> InvalidEvent | None:
+        """Keep an Update rejection that its caller reported, or reject the report."""
+        assert self._ledger is not None
+        try:
+            report = parse_rejection_report(queued.payload)
+        except InvalidEvent as error:
+            self._ledger.reject(
+                RECORD_REJECTION,
+                event_id_of(queued.payload),
+                str(error),
+                queued.received_at,
+            )
+            return error
+        self._ledger.reject(
+            report.signal, report.event_id, report.reason, queued.received_at
+        )
+        self._log_rejection()
+        return None
 
     def _log_rejection(self) -> None:
         assert self._ledger is not None
@@ -352,7 +391,7 @@ class TicketWorkflow:
             try:
                 parse_event(signal, payload)
             except InvalidEvent as error:
-                raise rejection_error(error) from None
+                raise rejection_error(error, recorded=False) from None
             return
 
         if ledger.state == "closed":
@@ -369,7 +408,7 @@ class TicketWorkflow:
         try:
             ledger.check(parse_event(signal, payload), workflow.now())
         except InvalidEvent as error:
-            raise rejection_error(error) from None
+            raise rejection_error(error, recorded=False) from None
 
     async def _run_update(self, signal: str, payload: Any) -> dict[str, Any]:
         """Queue an accepted Update's event and return the status once it is applied.
@@ -425,6 +464,10 @@ class TicketWorkflow:
     @workflow.signal(name="close")
     def close(self, payload: Any = None) -> None:
         self._queue("close", payload)
+
+    @workflow.signal(name=RECORD_REJECTION)
+    def record_rejection(self, payload: Any = None) -> None:
+        self._queue(RECORD_REJECTION, payload)
 
     @workflow.update(name="claim_update")
     async def claim_update(self, payload: Any = None) -> dict[str, Any]:
