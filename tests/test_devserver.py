@@ -55,6 +55,7 @@ from workflows.display import ticket_summary
 from workflows.search import (
     BREACH_COUNT,
     CUSTOMER_TIMEZONE,
+    LAST_BREACH_AT,
     NEXT_DUE_AT,
     NEXT_DUE_KIND,
     TECH_ID,
@@ -548,6 +549,7 @@ async def test_search_attributes_follow_ticket(service: DevService) -> None:
         NEXT_DUE_AT.name: claimed_at + timedelta(hours=1),
         NEXT_DUE_KIND.name: "first_contact",
         BREACH_COUNT.name: 1,
+        LAST_BREACH_AT.name: opened_at + timedelta(hours=8),
         CUSTOMER_TIMEZONE.name: "America/New_York",
     }
 
@@ -598,6 +600,13 @@ async def test_list_queries_find_tickets(service: DevService) -> None:
         f'TechId = "{tech["id"]}" AND TicketState = "closed"', {closed.id}
     )
     with_breach = await service.list_ids(f"{ours} AND BreachCount > 0", {breached.id})
+    # The claim deadline was missed an hour ago.
+    breached_lately = await service.list_ids(
+        f'{ours} AND LastBreachAt > "{iso(now - timedelta(hours=2))}"', {breached.id}
+    )
+    breached_before = await service.list_ids(
+        f'{ours} AND LastBreachAt < "{iso(now - timedelta(hours=2))}"', set()
+    )
     # First contact is due within the hour on the two claimed tickets; the
     # unclaimed one owes its claim in eight hours.
     soon = iso(now + timedelta(hours=2))
@@ -617,6 +626,8 @@ async def test_list_queries_find_tickets(service: DevService) -> None:
     assert by_tech == {claimed.id}
     assert closed_by_tech == {closed.id}
     assert with_breach == {breached.id}
+    assert breached_lately == {breached.id}
+    assert breached_before == set()
     assert due_soon == {claimed.id, breached.id}
     assert claims_owed == {unclaimed.id}
     assert high == every_id
@@ -792,9 +803,9 @@ async def test_portal_rejects_bad_event(
         o["status"] for o in status["obligations"] if o["kind"] == "first_contact"
     ] == ["met"]
     # The portal reported the validator's rejection, so the record keeps it.
-    assert [
-        (r["signal"], r["event_id"], r["reason"]) for r in status["rejected"]
-    ] == [("contact_attempt", "e-bad", rejected.value.reason)]
+    assert [(r["signal"], r["event_id"], r["reason"]) for r in status["rejected"]] == [
+        ("contact_attempt", "e-bad", rejected.value.reason)
+    ]
 
 
 async def test_portal_unknown_ticket_not_found(portal: TicketPortal) -> None:

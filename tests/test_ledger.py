@@ -2243,6 +2243,7 @@ def test_search_values_follow_ledger() -> None:
         "NextDueAt": utc("2026-06-10T21:00:00"),
         "NextDueKind": "claim",
         "BreachCount": 0,
+        "LastBreachAt": None,
         "CustomerTimezone": NEW_YORK,
     }
     assert breached == {
@@ -2252,6 +2253,7 @@ def test_search_values_follow_ledger() -> None:
         "NextDueAt": utc("2026-06-10T17:00:00"),
         "NextDueKind": "check_in",
         "BreachCount": 1,
+        "LastBreachAt": utc("2026-06-10T15:00:00"),
     }
 
 

@@ -28,6 +28,8 @@ TICKET_PRIORITY = SearchAttributeKey.for_keyword("TicketPriority")
 NEXT_DUE_AT = SearchAttributeKey.for_datetime("NextDueAt")
 NEXT_DUE_KIND = SearchAttributeKey.for_keyword("NextDueKind")
 BREACH_COUNT = SearchAttributeKey.for_int("BreachCount")
+# When the latest deadline was missed, so "breached this week" is one query.
+LAST_BREACH_AT = SearchAttributeKey.for_datetime("LastBreachAt")
 CUSTOMER_TIMEZONE = SearchAttributeKey.for_keyword("CustomerTimezone")
 
 TICKET_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
@@ -37,6 +39,7 @@ TICKET_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
     NEXT_DUE_AT,
     NEXT_DUE_KIND,
     BREACH_COUNT,
+    LAST_BREACH_AT,
     CUSTOMER_TIMEZONE,
 )
 
@@ -46,13 +49,16 @@ def ticket_search_values(ledger: TicketLedger) -> dict[str, Any]:
     open_obligations = [o for o in ledger.obligations if o.is_open]
     next_due = min(open_obligations, key=lambda o: o.due_at, default=None)
     next_due_at: datetime | None = next_due.due_at if next_due is not None else None
+    breached = [o for o in ledger.obligations if o.status == "breached"]
+    breach_times = [o.ended_at for o in breached if o.ended_at is not None]
     return {
         TECH_ID.name: ledger.tech.id if ledger.tech is not None else None,
         TICKET_STATE.name: ledger.state,
         TICKET_PRIORITY.name: ledger.priority,
         NEXT_DUE_AT.name: next_due_at,
         NEXT_DUE_KIND.name: next_due.kind if next_due is not None else None,
-        BREACH_COUNT.name: sum(1 for o in ledger.obligations if o.status == "breached"),
+        BREACH_COUNT.name: len(breached),
+        LAST_BREACH_AT.name: max(breach_times, default=None),
         CUSTOMER_TIMEZONE.name: ledger.zone_name,
     }
 
