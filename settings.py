@@ -7,13 +7,15 @@ case, for example ``smtp_port`` from ``SMTP_PORT``. Build one object with
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from email.utils import parseaddr
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
@@ -30,7 +32,16 @@ from workflows.policy import policy_with_overrides
 _DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 
 
-_VARIABLES_WITH_SECRETS = {"SMTP_PASSWORD", "DATABASE_URL"}
+_VARIABLES_WITH_SECRETS = {
+    "SMTP_PASSWORD",
+    "DATABASE_URL",
+    "PAYLOAD_ENCRYPTION_KEY",
+    "PAYLOAD_DECRYPTION_KEYS",
+}
+
+# Payload keys are AES-256 keys.
+PAYLOAD_KEY_BYTES = 32
+_HEX_KEY_PATTERN = re.compile(r"^[0-9A-Fa-f]{64}$")
 
 
 class SettingsError(ValueError):
@@ -44,6 +55,9 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # A ValidationError's text would otherwise quote a rejected key or
+        # password. load_settings() shows the values that are safe to show.
+        hide_input_in_errors=True,
     )
 
     temporal_address: str = "localhost:7233"
@@ -77,7 +91,23 @@ class Settings(BaseSettings):
     # them off for a ticket when the namespace lacks one of them.
     ticket_search_attributes: bool = True
 
-    @field_validator("smtp_username", "smtp_password", "smtp_tls", mode="before")
+    # AES-256-GCM key that encrypts workflow payloads before they reach
+    # Temporal: 32 random bytes as base64 or 64 hex digits. Unset means
+    # payloads are stored as plain JSON. There is no default key.
+    payload_encryption_key: SecretStr | None = None
+    # Earlier keys, separated by commas, that still decrypt payloads written
+    # before the last key change. They never encrypt.
+    payload_decryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list
+    )
+
+    @field_validator(
+        "smtp_username",
+        "smtp_password",
+        "smtp_tls",
+        "payload_encryption_key",
+        mode="before",
+    )
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         # An empty line such as "SMTP_TLS=" in a .env file means "not set".
@@ -90,6 +120,30 @@ class Settings(BaseSettings):
     def _lowercase_tls_mode(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower()
+        return value
+
+    @field_validator("payload_decryption_keys", mode="before")
+    @classmethod
+    def _split_key_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("payload_encryption_key")
+    @classmethod
+    def _check_payload_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_payload_key(value.get_secret_value())
+        return value
+
+    @field_validator("payload_decryption_keys")
+    @classmethod
+    def _check_payload_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for position, key in enumerate(value, start=1):
+            try:
+                decode_payload_key(key.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"key {position} of the list: {error}") from None
         return value
 
     @field_validator("database_url")
@@ -156,6 +210,14 @@ class Settings(BaseSettings):
         """The domain of MAIL_FROM, used on the right of every Message-ID."""
         return self.mail_from_address.rpartition("@")[2]
 
+    @property
+    def has_payload_keys(self) -> bool:
+        """Whether PAYLOAD_ENCRYPTION_KEY or PAYLOAD_DECRYPTION_KEYS is set."""
+        return (
+            self.payload_encryption_key is not None
+            or len(self.payload_decryption_keys) > 0
+        )
+
     def temporal_connect_config(self) -> ClientConnectConfig:
         """Return the keyword arguments of ``Client.connect``.
 
@@ -175,6 +237,32 @@ class Settings(BaseSettings):
             if name == "database_url" and isinstance(value, str):
                 value = make_url(value).render_as_string(hide_password=True)
             yield name, value
+
+
+def decode_payload_key(text: str) -> bytes:
+    """Decode a payload key written as 64 hex digits or as base64 of 32 bytes.
+
+    Base64 may be the standard or the URL-safe alphabet, with or without
+    padding. Raises ValueError, whose message never contains the key.
+    """
+    text = text.strip()
+    if _HEX_KEY_PATTERN.match(text):
+        return bytes.fromhex(text)
+
+    standard = text.replace("-", "+").replace("_", "/")
+    try:
+        key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(
+            f"not a key: use {PAYLOAD_KEY_BYTES} random bytes as base64 or as "
+            "64 hex digits, such as the output of 'python codec.py new-key'"
+        ) from None
+    if len(key) != PAYLOAD_KEY_BYTES:
+        raise ValueError(
+            f"the key must decode to {PAYLOAD_KEY_BYTES} bytes but decodes to "
+            f"{len(key)}; make a new key with 'python codec.py new-key'"
+        )
+    return key
 
 
 def load_settings(**overrides: Any) -> Settings:

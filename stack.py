@@ -1,12 +1,15 @@
 """Run the whole local stack in one command: Temporal, a mail sink, the worker.
 
-Usage: ``python stack.py [--temporal-port N] [--ui-port N] [--smtp-port N]``.
+Usage: ``python stack.py [--temporal-port N] [--ui-port N] [--smtp-port N]
+[--codec-port N]``.
 
 Starts the Temporal dev server (state kept in ``var/temporal.db``), the SMTP
 sink of ``mailsink.py`` (mail kept in the Maildir ``var/mail``) and the worker,
-each as a child process that logs to ``var/log/<name>.log``. Everything listens
-on 127.0.0.1 only. Ctrl-C or SIGTERM stops the worker first, then the sink,
-then the server.
+each as a child process that logs to ``var/log/<name>.log``. When payload keys
+are set (``PAYLOAD_ENCRYPTION_KEY``), the codec server of ``codec.py`` starts
+first, and the web UI decrypts payloads through it. Everything listens on
+127.0.0.1 only. Ctrl-C or SIGTERM stops the worker first, then the sink, then
+the server, then the codec server.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.service import RPCError
 
+from codec import DEFAULT_CODEC_PORT, data_converter
 from settings import Settings, SettingsError, load_settings
 from workflows.search import TICKET_SEARCH_ATTRIBUTES
 
@@ -155,6 +159,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="TCP port of the SMTP mail sink. Default: %(default)s.",
     )
     parser.add_argument(
+        "--codec-port",
+        type=port_number,
+        metavar="PORT",
+        default=DEFAULT_CODEC_PORT,
+        help=(
+            "TCP port of the codec server (HTTP), started only when "
+            "PAYLOAD_ENCRYPTION_KEY or PAYLOAD_DECRYPTION_KEYS is set. "
+            "Default: %(default)s."
+        ),
+    )
+    parser.add_argument(
         "--startup-timeout",
         type=float,
         metavar="SECONDS",
@@ -247,7 +262,12 @@ def find_temporal_cli() -> Path:
         raise StackError(str(error)) from None
 
 
-def temporal_command(cli: Path, args: argparse.Namespace, namespace: str) -> list[str]:
+def temporal_command(
+    cli: Path,
+    args: argparse.Namespace,
+    namespace: str,
+    codec_endpoint: str | None = None,
+) -> list[str]:
     command = [
         str(cli),
         "server",
@@ -269,6 +289,21 @@ def temporal_command(cli: Path, args: argparse.Namespace, namespace: str) -> lis
         command += ["--namespace", namespace]
     for name, attribute_type in SEARCH_ATTRIBUTES.items():
         command += ["--search-attribute", f"{name}={attribute_type}"]
+    if codec_endpoint is not None:
+        command += ["--ui-codec-endpoint", codec_endpoint]
+    return command
+
+
+def codec_url(args: argparse.Namespace) -> str:
+    return f"http://{LOOPBACK}:{args.codec_port}"
+
+
+def codec_command(args: argparse.Namespace) -> list[str]:
+    """Return the command of the codec server for the stack's web UI."""
+    command = [sys.executable, "codec.py", "serve", "--port", str(args.codec_port)]
+    # A browser sends whichever host name was typed into it.
+    for host in (LOOPBACK, "localhost"):
+        command += ["--allow-origin", f"http://{host}:{args.ui_port}"]
     return command
 
 
@@ -355,6 +390,22 @@ def ui_responds(port: int) -> bool:
     return 200 <= status < 400
 
 
+def codec_server_responds(port: int) -> bool:
+    """Return True if the codec server decodes an empty list of payloads."""
+    request = urllib.request.Request(
+        f"http://{LOOPBACK}:{port}/decode",
+        data=b'{"payloads": []}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as reply:
+            status: int = reply.status
+    except OSError:
+        return False
+    return status == 200
+
+
 def smtp_responds(port: int) -> bool:
     try:
         with smtplib.SMTP(LOOPBACK, port, timeout=2) as smtp:
@@ -384,21 +435,39 @@ async def start_stack(
     """Start every service in order, appending each to ``children`` as it starts.
 
     Each service must respond before the next one starts, because the worker
-    needs both the server and the sink.
+    needs both the server and the sink, and the UI calls the codec server.
     """
-    client = await start_temporal(args, settings.temporal_namespace, children)
+    codec_endpoint = None
+    if settings.has_payload_keys:
+        await start_codec_server(args, children)
+        codec_endpoint = codec_url(args)
+    client = await start_temporal(args, settings, children, codec_endpoint)
     await start_mailsink(args, children)
     await start_worker(args, settings, client, children)
 
 
+async def start_codec_server(args: argparse.Namespace, children: list[Child]) -> None:
+    codec = await start_child("codec", codec_command(args), OTHER_STOP_TIMEOUT)
+    children.append(codec)
+
+    async def codec_ready() -> bool:
+        return await asyncio.to_thread(codec_server_responds, args.codec_port)
+
+    await wait_until_ready(codec, "Codec server", args.startup_timeout, codec_ready)
+
+
 async def start_temporal(
-    args: argparse.Namespace, namespace: str, children: list[Child]
+    args: argparse.Namespace,
+    settings: Settings,
+    children: list[Child],
+    codec_endpoint: str | None,
 ) -> Client:
     """Start the dev server, wait for its frontend and UI, return a client."""
     address = f"{LOOPBACK}:{args.temporal_port}"
+    namespace = settings.temporal_namespace
     temporal = await start_child(
         "temporal",
-        temporal_command(find_temporal_cli(), args, namespace),
+        temporal_command(find_temporal_cli(), args, namespace, codec_endpoint),
         OTHER_STOP_TIMEOUT,
     )
     children.append(temporal)
@@ -413,7 +482,9 @@ async def start_temporal(
         temporal, "Temporal frontend", args.startup_timeout, frontend_ready
     )
     await wait_until_ready(temporal, "Temporal web UI", args.startup_timeout, ui_ready)
-    return await Client.connect(address, namespace=namespace)
+    return await Client.connect(
+        address, namespace=namespace, data_converter=data_converter(settings)
+    )
 
 
 async def start_mailsink(args: argparse.Namespace, children: list[Child]) -> None:
@@ -473,6 +544,15 @@ def print_summary(args: argparse.Namespace, settings: Settings) -> None:
         f"{display_path(MAILDIR)}/new (Maildir)"
     )
     print(f"  Database:          {database}")
+    if settings.has_payload_keys:
+        print(
+            f"  Codec server:      {codec_url(args)} (payloads are encrypted; the "
+            "web UI decrypts through it, and the CLI does with --codec-endpoint)"
+        )
+        print(
+            "                     starter.py needs the same PAYLOAD_ENCRYPTION_KEY, "
+            "from its environment or .env"
+        )
     print(f"  Logs:              {display_path(LOG_DIR)}/*.log")
     print()
     print("Send a first event from another terminal:")
@@ -594,14 +674,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
+    ports = [
+        PortOption(args.temporal_port, "Temporal frontend", "--temporal-port"),
+        PortOption(args.ui_port, "Temporal web UI", "--ui-port"),
+        PortOption(args.smtp_port, "SMTP mail sink", "--smtp-port"),
+    ]
+    if settings.has_payload_keys:
+        ports.append(PortOption(args.codec_port, "codec server", "--codec-port"))
     try:
-        check_ports(
-            [
-                PortOption(args.temporal_port, "Temporal frontend", "--temporal-port"),
-                PortOption(args.ui_port, "Temporal web UI", "--ui-port"),
-                PortOption(args.smtp_port, "SMTP mail sink", "--smtp-port"),
-            ]
-        )
+        check_ports(ports)
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

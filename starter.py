@@ -36,6 +36,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 
+from codec import data_converter
 from portal import EventRejected, TicketClosed, TicketNotFound, TicketPortal
 from settings import Settings, SettingsError, load_settings
 from stack import find_executable
@@ -219,10 +220,14 @@ async def connect(settings: Settings) -> Client:
     """Connect to the Temporal frontend named by the settings.
 
     The client profile applies as for the worker; see
-    ``Settings.temporal_connect_config``.
+    ``Settings.temporal_connect_config``. The data converter encrypts payloads
+    with the worker's key when one is set.
     """
     try:
-        return await Client.connect(**settings.temporal_connect_config())
+        return await Client.connect(
+            **settings.temporal_connect_config(),
+            data_converter=data_converter(settings),
+        )
     except RuntimeError as error:
         raise StarterError(
             f"cannot connect to Temporal at {settings.temporal_address} ({error}); "
@@ -1143,7 +1148,9 @@ class Simulation:
                 try:
                     async with (
                         await WorkflowEnvironment.start_time_skipping(
-                            test_server_existing_path=test_server, runtime=runtime
+                            test_server_existing_path=test_server,
+                            runtime=runtime,
+                            data_converter=data_converter(settings),
                         ) as env,
                         create_worker(env.client, settings, activities),
                     ):

@@ -2,7 +2,8 @@
 
 Usage: ``python worker.py``. Settings come from the environment, as described
 in ``settings.py``. A Temporal client profile, from the CLI's TOML file or the
-``TEMPORAL_*`` variables, can add TLS, an API key or gRPC metadata.
+``TEMPORAL_*`` variables, can add TLS, an API key or gRPC metadata. With
+``PAYLOAD_ENCRYPTION_KEY`` set, payloads are encrypted (see ``codec.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from temporalio.worker.workflow_sandbox import (
 )
 
 from activities import TicketActivities
+from codec import EncryptionCodec, data_converter
 from settings import Settings, SettingsError, load_settings
 from workflows.ticket import TicketWorkflow
 
@@ -95,15 +97,18 @@ def create_worker(
 async def connect_client(settings: Settings) -> Client:
     """Connect to Temporal, retrying with backoff until the server accepts.
 
-    The connection options come from ``Settings.temporal_connect_config``.
+    The connection options come from ``Settings.temporal_connect_config``, and
+    the data converter, which encrypts payloads when a key is set, from
+    ``codec.data_converter``.
     """
     connect_config = settings.temporal_connect_config()
+    converter = data_converter(settings)
 
     delay = CONNECT_RETRY_FIRST_DELAY
     attempt = 1
     while True:
         try:
-            return await Client.connect(**connect_config)
+            return await Client.connect(**connect_config, data_converter=converter)
         except RuntimeError as err:
             # The SDK raises RuntimeError for a refused or failed connection.
             # The server may still be starting, so wait and try again.
@@ -174,12 +179,18 @@ def main() -> None:
         logger.error("Worker not started: %s", err)
         sys.exit(2)
 
+    # The key id, never the key, shows which key encrypts new payloads.
+    codec = EncryptionCodec.from_settings(settings)
+    encryption_key = codec.encryption_key if codec is not None else None
     logger.info(
         "Starting worker",
         extra={
             "address": settings.temporal_address,
             "namespace": settings.temporal_namespace,
             "task_queue": settings.temporal_task_queue,
+            "payload_key_id": (
+                encryption_key.key_id if encryption_key is not None else None
+            ),
         },
     )
     asyncio.run(_run_until_signal(settings))

@@ -235,7 +235,7 @@ async def record_file(path: Path, histories: Path, out: TextIO) -> None:
             written.add(target)
         events = sum(len(history.events) for history in runs)
         moved = "" if start == schedule.start else f", run from {start:%Y-%m-%d}"
-        print(  # noqa: T201
+        print(
             f"{_shown(folder / history_file_name(ticket_id, 1))}: "
             f"{len(runs)} run{'s' if len(runs) > 1 else ''}, "
             f"{events} events{moved}",
@@ -244,7 +244,7 @@ async def record_file(path: Path, histories: Path, out: TextIO) -> None:
 
     for stale in sorted(set(folder.glob("*.json")) - written):
         stale.unlink()
-        print(f"{_shown(stale)}: removed", file=out)  # noqa: T201
+        print(f"{_shown(stale)}: removed", file=out)
 
 
 def keep_histories(files: Sequence[Path], histories: Path, label: str) -> None:
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(record(files, HISTORIES, args.keep_as, sys.stdout))
     except RecordingError as error:
-        print(f"error: {error}", file=sys.stderr)  # noqa: T201
+        print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
