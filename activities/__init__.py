@@ -28,6 +28,7 @@ from activities.notices import InvalidNotification
 from activities.store import InvalidInput, Store
 from settings import Settings
 from workflows.model import (
+    DEFAULT_MAX_HISTORY_LENGTH,
     DEFAULTS_ACTIVITY,
     HOURS_ACTIVITY,
     RECORD_ACTIVITY,
@@ -57,12 +58,20 @@ class TicketActivities:
         default_timezone: str,
         policy_overrides: dict[str, str] | None = None,
         search_attributes: bool = True,
+        max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH,
     ) -> None:
+        if max_history_length < 1:
+            raise ValueError(
+                f"invalid max_history_length {max_history_length}: use a number "
+                "of history events of 1 or more"
+            )
         self.store = store
         self.mailer = mailer
         self.default_timezone = default_timezone
         self.policy_overrides = dict(policy_overrides or {})
         self.search_attributes = search_attributes
+        # Tests lower it to see tickets continue as new after a few events.
+        self.max_history_length = max_history_length
         # Set once the namespace was seen with every attribute, because
         # registered attributes are not expected to go away.
         self._search_attributes_found = False
@@ -101,13 +110,15 @@ class TicketActivities:
         """Return the settings a ticket needs and cannot carry itself.
 
         Run as a local activity at the start of every ticket, so the zone,
-        policy and search attribute choice it got are kept in its history and
-        replay the same after the settings or the namespace change.
+        policy, search attribute choice and history limit it got are kept in
+        its history and replay the same after the settings or the namespace
+        change. A ticket that continues as new hands them to its next run.
         """
         return TicketDefaults(
             timezone=self.default_timezone,
             policy_overrides=dict(self.policy_overrides),
             search_attributes=await self._search_attributes_usable(),
+            max_history_length=self.max_history_length,
         )
 
     async def _search_attributes_usable(self) -> bool:

@@ -8,7 +8,9 @@ times. Expected values are worked out by hand from the written policy.
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+import json
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -2320,3 +2322,298 @@ def test_summary_rejects_invalid_opening() -> None:
                 "customer": CUSTOMER,
             }
         )
+
+
+# Snapshot for continue-as-new
+
+
+def released_ledger() -> TicketLedger:
+    ledger = claimed_ledger()
+    send(ledger, "customer_message", "2026-06-10T14:30:00", channel="email")
+    send(ledger, "release", "2026-06-10T15:00:00", reason="wrong team")
+    return ledger
+
+
+def reassigned_ledger() -> TicketLedger:
+    ledger = claimed_ledger()
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "no_answer")
+    send(ledger, "customer_message", "2026-06-10T14:40:00", channel="email")
+    attempt(ledger, "2026-06-10T14:50:00", "phone", "no_answer")
+    send(ledger, "reassign", "2026-06-10T15:00:00", tech=K7, reason="shift end")
+    return ledger
+
+
+def ladder_started_ledger() -> TicketLedger:
+    ledger = claimed_ledger()
+    attempt(ledger, "2026-06-10T14:30:00", "phone", "no_answer")
+    return ledger
+
+
+def ladder_prompted_ledger() -> TicketLedger:
+    """A ladder past step one whose try-all prompt went out and one method is done."""
+    ledger = ladder_started_ledger()
+    attempt(ledger, "2026-06-11T13:00:00", "email", "no_answer")
+    ledger.advance(utc("2026-06-12T14:30:00"))
+    attempt(ledger, "2026-06-12T15:00:00", "sms", "no_answer")
+    return ledger
+
+
+def ladder_closing_ledger() -> TicketLedger:
+    ledger = ladder_prompted_ledger()
+    attempt(ledger, "2026-06-12T15:10:00", "email", "message_left")
+    return ledger
+
+
+def delivered_ledger() -> TicketLedger:
+    """A ledger with one mail delivered, one failed and one still pending."""
+    ledger = claimed_ledger()
+    ledger.advance(utc("2026-06-10T15:00:00"))
+    ledger.mark_delivered(
+        1,
+        NotificationResult(status="sent", message_id="<m1@x>"),
+        utc("2026-06-10T14:45:01"),
+    )
+    ledger.mark_delivered(
+        2,
+        NotificationResult(
+            status="failed", message_id="<m2@x>", detail="550 no such user"
+        ),
+        utc("2026-06-10T15:00:01"),
+    )
+    return ledger
+
+
+def hours_pending_ledger() -> TicketLedger:
+    """A subscription ledger with an hours request and a warning not yet sent."""
+    ledger = subscription_ledger()
+    send(ledger, "time_logged", "2027-04-01T02:30:00", hours=9)
+    (request,) = ledger.take_hours_requests()
+    ledger.apply_hours_result(request, 9.0, [0.8], utc("2027-04-01T02:30:05"))
+    send(ledger, "time_logged", "2027-04-01T03:00:00", hours=2)
+    return ledger
+
+
+def rejected_ledger() -> TicketLedger:
+    ledger = claimed_ledger()
+    send(ledger, "claim", "2026-06-10T14:10:00", tech=K7)
+    ledger.reject(
+        "close", "e-bad", "invalid reason 'fixed'", utc("2026-06-10T14:20:00")
+    )
+    return ledger
+
+
+def closed_ledger() -> TicketLedger:
+    ledger = ladder_started_ledger()
+    send(ledger, "close", "2026-06-10T16:00:00", reason="resolved")
+    return ledger
+
+
+def custom_policy_ledger() -> TicketLedger:
+    policy = Policy(
+        claim_within=timedelta(hours=2),
+        notes_within=timedelta(hours=6, minutes=30),
+        quiet_starts=time(21, 30),
+        quiet_ends=time(7, 15),
+        first_contact_channels=frozenset({"phone", "email", "sms"}),
+        hours_warning_thresholds=(0.5, 0.9, 1.0),
+        method_channels={"phone": frozenset({"phone"}), "email": frozenset({"email"})},
+    )
+    return claimed_ledger(policy=policy, zone=BERLIN)
+
+
+def late_reminders_skipped_ledger() -> TicketLedger:
+    ledger = claimed_ledger()
+    ledger.skip_late_reminders = True
+    ledger.advance(utc("2026-06-10T16:00:00"))
+    return ledger
+
+
+SNAPSHOT_CASES: dict[str, Callable[[], TicketLedger]] = {
+    "unclaimed": new_ledger,
+    "claimed": claimed_ledger,
+    "opened_with_tech": lambda: new_ledger(tech=K4, claimed_at=OPENED),
+    "tech_created": lambda: new_ledger(source="tech_created", tech=K4),
+    "urgent": lambda: claimed_ledger(priority="emergency"),
+    "released": released_ledger,
+    "reassigned": reassigned_ledger,
+    "ladder_started": ladder_started_ledger,
+    "ladder_prompted": ladder_prompted_ledger,
+    "ladder_closing": ladder_closing_ledger,
+    "mail_delivered": delivered_ledger,
+    "hours_pending": hours_pending_ledger,
+    "rejected": rejected_ledger,
+    "closed": closed_ledger,
+    "custom_policy": custom_policy_ledger,
+    "late_reminders_skipped": late_reminders_skipped_ledger,
+}
+
+
+def restored(ledger: TicketLedger) -> TicketLedger:
+    """Return a ledger rebuilt from the snapshot after a trip through JSON text."""
+    snapshot = json.loads(json.dumps(ledger.to_snapshot()))
+    return TicketLedger.from_snapshot(snapshot)
+
+
+@pytest.mark.parametrize("case", SNAPSHOT_CASES)
+def test_snapshot_round_trip_keeps_state(case: str) -> None:
+    ledger = SNAPSHOT_CASES[case]()
+
+    copy = restored(ledger)
+
+    assert copy.status() == ledger.status()
+    # Every attribute, including unsent mail, unstored record entries, the
+    # policy, the seen event ids and the recent events.
+    assert vars(copy).keys() == vars(ledger).keys()
+    for name, value in vars(ledger).items():
+        assert vars(copy)[name] == value, name
+    assert copy.to_snapshot() == ledger.to_snapshot()
+
+
+@pytest.mark.parametrize("case", SNAPSHOT_CASES)
+def test_snapshot_keeps_shared_obligations(case: str) -> None:
+    copy = restored(SNAPSHOT_CASES[case]())
+
+    # The ladder steps and the check-in are obligations of the list, so a
+    # change to one shows in the other.
+    if copy.check_in is not None:
+        assert copy.check_in is copy.obligations[copy.check_in.sequence - 1]
+    if copy.ladder is not None:
+        for step in copy.ladder.obligations():
+            assert step is copy.obligations[step.sequence - 1]
+
+
+def next_events(ledger: TicketLedger) -> None:
+    """Feed the same events and times to a ledger, whatever state it is in."""
+    send(
+        ledger, "customer_message", "2027-05-03T14:00:00", event_id="n-1", channel="sms"
+    )
+    send(ledger, "claim", "2027-05-03T14:10:00", event_id="n-2", tech=K7)
+    attempt_id = "n-3"
+    send(
+        ledger,
+        "contact_attempt",
+        "2027-05-03T14:20:00",
+        event_id=attempt_id,
+        channel="phone",
+        outcome="no_answer",
+    )
+    send(ledger, "time_logged", "2027-05-03T14:30:00", event_id="n-4", hours=3)
+
+    ledger.advance(utc("2027-05-04T15:00:00"))
+    send(
+        ledger,
+        "contact_attempt",
+        "2027-05-04T15:00:00",
+        event_id="n-5",
+        channel="email",
+        outcome="message_left",
+    )
+    send(ledger, "notes_updated", "2027-05-04T15:05:00", event_id="n-6")
+
+    # A repeated id changes nothing, on the original and on the copy alike.
+    send(
+        ledger,
+        "contact_attempt",
+        "2027-05-04T15:10:00",
+        event_id=attempt_id,
+        channel="phone",
+        outcome="reached",
+    )
+
+    ledger.advance(utc("2027-05-09T12:00:00"))
+
+
+@pytest.mark.parametrize("case", SNAPSHOT_CASES)
+def test_snapshot_copy_reacts_like_original(case: str) -> None:
+    ledger = SNAPSHOT_CASES[case]()
+    copy = restored(ledger)
+
+    next_events(ledger)
+    next_events(copy)
+
+    assert copy.status() == ledger.status()
+    assert copy.pending_notifications() == ledger.pending_notifications()
+    assert copy.take_hours_requests() == ledger.take_hours_requests()
+    assert copy.take_record() == ledger.take_record()
+    assert copy.next_due() == ledger.next_due()
+
+
+def test_snapshot_copy_reacts_to_mail_results() -> None:
+    ledger = delivered_ledger()
+    ledger.advance(utc("2026-06-10T17:00:00"))
+    copy = restored(ledger)
+    # The breach mail to the tech and the check-in are still unsent.
+    pending = [n.sequence for n in ledger.pending_notifications()]
+    assert pending == [3, 4]
+
+    for twin in (ledger, copy):
+        twin.mark_delivered(
+            3,
+            NotificationResult(status="already_sent", message_id="<m3@x>"),
+            utc("2026-06-10T17:00:02"),
+        )
+        twin.mark_delivered(
+            4,
+            NotificationResult(status="sent", message_id="<m4@x>"),
+            utc("2026-06-10T17:00:03"),
+        )
+
+    assert copy.pending_notifications() == []
+    assert copy.status() == ledger.status()
+    assert copy.take_record() == ledger.take_record()
+
+
+def test_snapshot_is_plain_json() -> None:
+    snapshot = ladder_prompted_ledger().to_snapshot()
+
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    assert snapshot["version"] == 1
+    assert snapshot["zone_name"] == NEW_YORK
+    assert snapshot["ladder"]["covered_methods"] == ["phone"]
+
+
+def test_snapshot_keeps_seen_ids_sorted() -> None:
+    ledger = new_ledger()
+    for event_id in ("e-c", "e-a", "e-b"):
+        send(ledger, "time_logged", "2026-06-10T13:30:00", event_id=event_id, hours=1)
+
+    assert ledger.to_snapshot()["seen_event_ids"] == ["e-a", "e-b", "e-c"]
+    assert ledger.status()["events_applied"] == 3
+
+
+def test_snapshot_other_version_rejected() -> None:
+    snapshot = claimed_ledger().to_snapshot()
+    snapshot["version"] = 2
+
+    with pytest.raises(ValueError, match="unsupported ledger snapshot version 2"):
+        TicketLedger.from_snapshot(snapshot)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"obligations": []}, "no obligation 3 among 0"),
+        ({"opened_at_naive": True}, "has no UTC offset"),
+        ({"policy": "8h"}, "policy must be a JSON object"),
+        ({"state": "open"}, "invalid state 'open'"),
+    ],
+)
+def test_snapshot_malformed_rejected(change: dict[str, Any], reason: str) -> None:
+    snapshot = claimed_ledger().to_snapshot()
+    if change.pop("opened_at_naive", False):
+        snapshot["opening"]["opened_at"] = "2026-06-10T13:00:00"
+    snapshot.update(change)
+
+    with pytest.raises(ValueError, match=reason):
+        TicketLedger.from_snapshot(snapshot)
+
+
+def test_status_counts_applied_events_once() -> None:
+    ledger = new_ledger()
+    # Rejected because no tech has claimed the ticket yet.
+    attempt(ledger, "2026-06-10T13:50:00", "phone", "reached")
+    send(ledger, "claim", "2026-06-10T14:00:00", tech=K4, event_id="e-claim")
+    send(ledger, "claim", "2026-06-10T14:00:00", tech=K4, event_id="e-claim")
+
+    assert len(ledger.rejected) == 1
+    assert ledger.status()["events_applied"] == 1

@@ -10,8 +10,8 @@ activities. Every method is deterministic, so it runs unchanged on replay.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,8 +35,13 @@ from workflows.policy import Policy
 
 OPS = "ops"
 SERVICE = "service"
+STATES = ("unclaimed", "claimed", "closed")
 # How many of the latest events the ledger keeps for display.
 RECENT_EVENTS = 5
+# Format of ``TicketLedger.to_snapshot``. Increase it when the format changes
+# and teach ``from_snapshot`` to read the older one, because a running ticket
+# may continue as new on a worker newer than the one that wrote its snapshot.
+SNAPSHOT_VERSION = 1
 
 # Reminder sent to the owner before the due time, per obligation kind.
 REMINDER_KINDS = {
@@ -833,6 +838,8 @@ class TicketLedger:
             "rejected": list(self.rejected),
             "ladder": self._ladder_json(),
             "hours_by_month": dict(self.hours_by_month),
+            # The number of distinct event ids applied. A repeated id counts once.
+            "events_applied": len(self.seen_event_ids),
         }
 
     def _ladder_json(self) -> dict[str, Any] | None:
@@ -844,6 +851,327 @@ class TicketLedger:
             "all_methods_done_at": iso(self.ladder.all_methods_done_at),
             "tried_channels": sorted(self.ladder.tried_channels),
         }
+
+    # Snapshot, for continue-as-new
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Return the whole ledger as JSON values, which ``from_snapshot`` reads back.
+
+        The workflow hands it to its next run when it continues as new, so it
+        contains everything: the policy and zone the ticket started with, mail
+        not yet sent, record entries not yet stored and every event id seen.
+        Sets are written sorted, so the same ledger gives the same snapshot.
+
+        NOTE: the snapshot grows with every obligation, mail and event id. As
+        measured with the ledger alone, 5,000 logged-hours events make about
+        80 KB, but 1,000 unanswered contact attempts make about 1.4 MB, close
+        to the 2 MB that Temporal's documentation gives as the maximum
+        payload of one request.
+        """
+        ladder = self.ladder
+        return {
+            "version": SNAPSHOT_VERSION,
+            "opening": _opening_to_json(self.opening),
+            "zone_name": self.zone_name,
+            "policy": _policy_to_json(self.policy),
+            "state": self.state,
+            "tech": _person_to_json(self.tech),
+            "techs": {
+                tech_id: _person_to_json(tech) for tech_id, tech in self.techs.items()
+            },
+            "obligations": [_obligation_to_json(o) for o in self.obligations],
+            "notifications": [_notification_to_json(n) for n in self.notifications],
+            "rejected": [dict(rejection) for rejection in self.rejected],
+            "seen_event_ids": sorted(self.seen_event_ids),
+            "ladder": _ladder_to_json(ladder) if ladder is not None else None,
+            "check_in": _sequence_of(self.check_in),
+            "hours_by_month": dict(self.hours_by_month),
+            "attempts": [[_time_to_json(at), tech_id] for at, tech_id in self.attempts],
+            "closed_at": _time_to_json(self.closed_at),
+            "close_reason": self.close_reason,
+            "advanced_to": _time_to_json(self.advanced_to),
+            "recent_events": [
+                [_time_to_json(at), _copy_json(details)]
+                for at, details in self.recent_events
+            ],
+            "skip_late_reminders": self.skip_late_reminders,
+            "record_sequence": self._record_sequence,
+            "unflushed_record": [asdict(entry) for entry in self._unflushed],
+            "hours_requests": [asdict(request) for request in self._hours_requests],
+        }
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any]) -> TicketLedger:
+        """Rebuild the ledger that ``to_snapshot`` returned ``snapshot`` for.
+
+        The rebuilt ledger returns the same ``status()`` and reacts to the next
+        events, times and mail results exactly as the original would.
+
+        Raises:
+            ValueError: the snapshot has another version or is malformed.
+        """
+        if not isinstance(snapshot, dict):
+            raise ValueError(
+                f"invalid ledger snapshot: expected a JSON object, got "
+                f"{type(snapshot).__name__}"
+            )
+        version = snapshot.get("version")
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"unsupported ledger snapshot version {version!r}; this worker "
+                f"reads version {SNAPSHOT_VERSION}"
+            )
+        try:
+            return cls._restore(snapshot)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise ValueError(f"invalid ledger snapshot: {error!r}") from error
+
+    @classmethod
+    def _restore(cls, snapshot: dict[str, Any]) -> TicketLedger:
+        # Built without __init__, which would record the opening a second time.
+        ledger = cls.__new__(cls)
+        opening = _opening_from_json(snapshot["opening"])
+        ledger.opening = opening
+        ledger.ticket_id = opening.ticket_id
+        ledger.priority = opening.priority
+        ledger.customer = opening.customer
+        ledger.zone_name = snapshot["zone_name"]
+        ledger.zone = ZoneInfo(ledger.zone_name)
+        ledger.policy = _policy_from_json(snapshot["policy"])
+
+        ledger.state = snapshot["state"]
+        if ledger.state not in STATES:
+            raise ValueError(f"invalid state {ledger.state!r}")
+        ledger.tech = _person_from_json(snapshot["tech"])
+        ledger.techs = {
+            tech_id: Person(**tech) for tech_id, tech in snapshot["techs"].items()
+        }
+
+        ledger.obligations = [_obligation_from_json(o) for o in snapshot["obligations"]]
+        ledger.notifications = [
+            _notification_from_json(n) for n in snapshot["notifications"]
+        ]
+        ledger.rejected = [dict(rejection) for rejection in snapshot["rejected"]]
+        ledger.seen_event_ids = set(snapshot["seen_event_ids"])
+
+        ledger.ladder = _ladder_from_json(snapshot["ladder"], ledger.obligations)
+        ledger.check_in = _optional_obligation_at(
+            snapshot["check_in"], ledger.obligations
+        )
+        ledger.hours_by_month = dict(snapshot["hours_by_month"])
+        ledger.attempts = [
+            (_require_time(at), tech_id) for at, tech_id in snapshot["attempts"]
+        ]
+        ledger.closed_at = _time_from_json(snapshot["closed_at"])
+        ledger.close_reason = snapshot["close_reason"]
+        ledger.advanced_to = _require_time(snapshot["advanced_to"])
+        ledger.recent_events = deque(
+            (
+                (_require_time(at), _copy_json(details))
+                for at, details in snapshot["recent_events"]
+            ),
+            maxlen=RECENT_EVENTS,
+        )
+        ledger.skip_late_reminders = bool(snapshot["skip_late_reminders"])
+
+        ledger._record_sequence = int(snapshot["record_sequence"])
+        ledger._unflushed = [
+            RecordEntry(**entry) for entry in snapshot["unflushed_record"]
+        ]
+        ledger._hours_requests = [
+            HoursInput(**request) for request in snapshot["hours_requests"]
+        ]
+        return ledger
+
+
+# JSON forms of the ledger's parts, for the snapshot
+
+_OBLIGATION_TIMES = ("opened_at", "due_at", "ended_at", "remind_at")
+_NOTIFICATION_TIMES = ("due_at", "owed_due_at")
+
+
+def _time_to_json(moment: datetime | None) -> str | None:
+    # isoformat keeps the offset, so the restored time is the same instant and
+    # prints the same.
+    return None if moment is None else moment.isoformat()
+
+
+def _time_from_json(text: str | None) -> datetime | None:
+    return None if text is None else _require_time(text)
+
+
+def _require_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset")
+    return moment
+
+
+def _copy_json(value: Any) -> Any:
+    """Return a deep copy of a value made of JSON objects, arrays and scalars."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_json(item) for item in value]
+    return value
+
+
+def _person_to_json(person: Person | None) -> dict[str, Any] | None:
+    return None if person is None else asdict(person)
+
+
+def _person_from_json(values: dict[str, Any] | None) -> Person | None:
+    return None if values is None else Person(**values)
+
+
+def _opening_to_json(opening: Opening) -> dict[str, Any]:
+    values = asdict(opening)
+    values["opened_at"] = _time_to_json(opening.opened_at)
+    values["claimed_at"] = _time_to_json(opening.claimed_at)
+    return values
+
+
+def _opening_from_json(values: dict[str, Any]) -> Opening:
+    # Not parsed again: the opening was valid when the ticket started, and a
+    # stricter check in a newer worker must not break a running ticket.
+    return Opening(
+        **{
+            **values,
+            "opened_at": _require_time(values["opened_at"]),
+            "claimed_at": _time_from_json(values["claimed_at"]),
+            "customer": Person(**values["customer"]),
+            "tech": _person_from_json(values["tech"]),
+        }
+    )
+
+
+def _policy_to_json(policy: Policy) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for policy_field in fields(Policy):
+        value = getattr(policy, policy_field.name)
+        if isinstance(value, timedelta):
+            values[policy_field.name] = value.total_seconds()
+        elif isinstance(value, time):
+            values[policy_field.name] = value.isoformat()
+        elif isinstance(value, frozenset):
+            values[policy_field.name] = sorted(value)
+        elif isinstance(value, tuple):
+            values[policy_field.name] = list(value)
+        elif isinstance(value, dict):
+            values[policy_field.name] = {
+                key: sorted(item) for key, item in value.items()
+            }
+        else:
+            raise TypeError(
+                f"Policy.{policy_field.name} has no JSON form: {type(value).__name__}"
+            )
+    return values
+
+
+def _policy_from_json(values: dict[str, Any]) -> Policy:
+    """Rebuild a policy. A field that the snapshot lacks keeps its default value."""
+    if not isinstance(values, dict):
+        raise TypeError(f"policy must be a JSON object, got {type(values).__name__}")
+    changes: dict[str, Any] = {}
+    for policy_field in fields(Policy):
+        if policy_field.name not in values:
+            continue
+        value = values[policy_field.name]
+        default = getattr(rules.DEFAULT_POLICY, policy_field.name)
+        if isinstance(default, timedelta):
+            changes[policy_field.name] = timedelta(seconds=value)
+        elif isinstance(default, time):
+            changes[policy_field.name] = time.fromisoformat(value)
+        elif isinstance(default, frozenset):
+            changes[policy_field.name] = frozenset(value)
+        elif isinstance(default, tuple):
+            changes[policy_field.name] = tuple(value)
+        elif isinstance(default, dict):
+            changes[policy_field.name] = {
+                key: frozenset(item) for key, item in value.items()
+            }
+        else:
+            raise TypeError(
+                f"Policy.{policy_field.name} has no JSON form: {type(default).__name__}"
+            )
+    return replace(rules.DEFAULT_POLICY, **changes)
+
+
+def _obligation_to_json(obligation: Obligation) -> dict[str, Any]:
+    values = asdict(obligation)
+    for name in _OBLIGATION_TIMES:
+        values[name] = _time_to_json(values[name])
+    return values
+
+
+def _obligation_from_json(values: dict[str, Any]) -> Obligation:
+    times = {name: _time_from_json(values[name]) for name in _OBLIGATION_TIMES}
+    return Obligation(**{**values, **times})
+
+
+def _notification_to_json(notification: Notification) -> dict[str, Any]:
+    values = asdict(notification)
+    for name in _NOTIFICATION_TIMES:
+        values[name] = _time_to_json(values[name])
+    return values
+
+
+def _notification_from_json(values: dict[str, Any]) -> Notification:
+    times = {name: _time_from_json(values[name]) for name in _NOTIFICATION_TIMES}
+    recipient = _person_from_json(values["recipient"])
+    return Notification(**{**values, **times, "recipient": recipient})
+
+
+def _sequence_of(obligation: Obligation | None) -> int | None:
+    return None if obligation is None else obligation.sequence
+
+
+def _obligation_at(sequence: int, obligations: list[Obligation]) -> Obligation:
+    """Return the obligation numbered ``sequence``, the same object as in the list."""
+    if not 1 <= sequence <= len(obligations):
+        raise ValueError(f"no obligation {sequence} among {len(obligations)}")
+    obligation = obligations[sequence - 1]
+    if obligation.sequence != sequence:
+        raise ValueError(f"obligation {sequence} is out of order")
+    return obligation
+
+
+def _optional_obligation_at(
+    sequence: int | None, obligations: list[Obligation]
+) -> Obligation | None:
+    return None if sequence is None else _obligation_at(sequence, obligations)
+
+
+def _ladder_to_json(ladder: Ladder) -> dict[str, Any]:
+    # The steps are obligations of the ledger, so they are kept by sequence
+    # number and share one object with the obligation list once restored.
+    return {
+        "started_at": _time_to_json(ladder.started_at),
+        "tried_channels": sorted(ladder.tried_channels),
+        "other_method": ladder.other_method.sequence,
+        "other_method_done_at": _time_to_json(ladder.other_method_done_at),
+        "all_methods": _sequence_of(ladder.all_methods),
+        "covered_methods": sorted(ladder.covered_methods),
+        "all_methods_done_at": _time_to_json(ladder.all_methods_done_at),
+        "close": _sequence_of(ladder.close),
+    }
+
+
+def _ladder_from_json(
+    values: dict[str, Any] | None, obligations: list[Obligation]
+) -> Ladder | None:
+    if values is None:
+        return None
+    return Ladder(
+        started_at=_require_time(values["started_at"]),
+        tried_channels=set(values["tried_channels"]),
+        other_method=_obligation_at(values["other_method"], obligations),
+        other_method_done_at=_time_from_json(values["other_method_done_at"]),
+        all_methods=_optional_obligation_at(values["all_methods"], obligations),
+        covered_methods=set(values["covered_methods"]),
+        all_methods_done_at=_time_from_json(values["all_methods_done_at"]),
+        close=_optional_obligation_at(values["close"], obligations),
+    )
 
 
 def _event_details(event: Event) -> dict[str, Any]:

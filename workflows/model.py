@@ -17,6 +17,10 @@ DEFAULTS_ACTIVITY = "ticket_defaults"
 # Start-to-close timeout of the workflow's activities. The SMTP timeout must
 # stay below it, so a hung mail server fails an attempt before Temporal does.
 ACTIVITY_TIMEOUT_SECONDS = 60
+# History length, in events, at which a ticket continues as new unless the
+# server suggests it earlier. A shorter history also replays faster when a
+# worker has to rebuild the ticket from it.
+DEFAULT_MAX_HISTORY_LENGTH = 10_000
 
 
 @dataclass
@@ -132,8 +136,29 @@ class TicketDefaults:
     ``search_attributes`` turns on the upserts of the ticket's search
     attributes. It defaults to False because tickets started before the field
     existed must replay without the upserts their history lacks.
+
+    ``max_history_length`` is the history length, in events, at which the
+    ticket continues as new, or earlier when the server suggests it. None
+    turns continue-as-new off. It is the default for the same reason: a ticket
+    started before the field existed must replay without the continuation.
     """
 
     timezone: str
     policy_overrides: dict[str, str] = field(default_factory=dict)
     search_attributes: bool = False
+    max_history_length: int | None = None
+
+
+@dataclass
+class CarriedTicket:
+    """The state that one run of a ticket hands to the next when it continues as new.
+
+    ``ledger`` is ``TicketLedger.to_snapshot()``. ``defaults`` are the ones
+    the ticket's first run got, so the whole ticket keeps one policy, zone and
+    history limit. ``continued_runs`` counts the runs before the one that gets
+    it.
+    """
+
+    ledger: dict[str, Any]
+    defaults: TicketDefaults
+    continued_runs: int = 1

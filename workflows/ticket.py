@@ -14,6 +14,14 @@ A validator's rejection never reaches the history, so its caller reports it
 with the ``record_rejection`` signal, which puts it in the ticket's record. The
 error says whether that is needed: its details hold ``{"recorded": false}``.
 The portal client in this project does so by itself.
+
+A long ticket continues as new when the server suggests it or its history
+reaches ``TicketDefaults.max_history_length`` events. It waits until no mail
+is being sent, stores the record, applies every queued event and lets the
+Updates among them return. Then it hands its next run the opening, a snapshot
+of the ledger and its defaults. The server copies the memo and search
+attributes to the next run, which upserts only the values that change. The
+static summary and details given at the start are not copied.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
+from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.display import current_details
     from workflows.events import (
         InvalidEvent,
+        Opening,
         TicketClosed,
         event_id_of,
         parse_event,
@@ -45,13 +55,18 @@ with workflow.unsafe.imports_passed_through():
         HOURS_ACTIVITY,
         RECORD_ACTIVITY,
         SEND_ACTIVITY,
+        CarriedTicket,
         HoursResult,
         NotificationInput,
         NotificationResult,
         TicketDefaults,
     )
     from workflows.policy import policy_with_overrides
-    from workflows.search import search_attribute_updates, ticket_search_values
+    from workflows.search import (
+        TICKET_SEARCH_ATTRIBUTES,
+        search_attribute_updates,
+        ticket_search_values,
+    )
 
 # Mail and database outages delay work, they must not lose it, so activities
 # retry without a limit; the backoff keeps a long outage cheap.
@@ -67,6 +82,7 @@ INVALID_EVENT = "InvalidEvent"
 TICKET_CLOSED = "TicketClosed"
 TICKET_STARTING = "TicketStarting"
 INVALID_TICKET_INPUT = "InvalidTicketInput"
+INVALID_CARRIED_TICKET = "InvalidCarriedTicket"
 
 
 @dataclass
@@ -102,7 +118,7 @@ def rejection_error(error: InvalidEvent, *, recorded: bool) -> ApplicationError:
 @workflow.defn(name="TicketWorkflow")
 class TicketWorkflow:
     @workflow.init
-    def __init__(self, opening: Any = None) -> None:
+    def __init__(self, opening: Any = None, carried: Any = None) -> None:
         # Queued here rather than in run, so a signal sent with signal-with-start
         # finds the queue ready before run begins.
         self._raw_opening = opening
@@ -123,9 +139,31 @@ class TicketWorkflow:
         self._sending: dict[int, asyncio.Task[None]] = {}
         self._woken = False
         self._timer_due: datetime | None = None
+        self._defaults: TicketDefaults | None = None
+        # Set once the history is long enough. The run then continues as new
+        # at the next pass of its loop with no mail being sent.
+        self._continuing = False
+        self._continued_runs = 0
+        self._carried_failure: str | None = None
+        if carried is not None:
+            # Restored here rather than in run, so an Update validator that
+            # runs before run begins already checks against the ledger.
+            self._restore(carried)
+
+    def _restore(self, carried: Any) -> None:
+        """Take over the ledger and defaults of the previous run."""
+        try:
+            restored = value_to_type(CarriedTicket, carried)
+            ledger = TicketLedger.from_snapshot(restored.ledger)
+        except (TypeError, ValueError) as error:
+            self._carried_failure = str(error)
+            return
+        self._ledger = ledger
+        self._defaults = restored.defaults
+        self._continued_runs = restored.continued_runs
 
     @workflow.run
-    async def run(self, opening: Any = None) -> dict[str, Any]:
+    async def run(self, opening: Any = None, carried: Any = None) -> dict[str, Any]:
         self._run_started = True
         try:
             parsed = parse_opening(opening)
@@ -143,22 +181,11 @@ class TicketWorkflow:
                 INVALID_TICKET_INPUT,
             )
 
-        defaults = await workflow.execute_local_activity(
-            DEFAULTS_ACTIVITY,
-            result_type=TicketDefaults,
-            start_to_close_timeout=timedelta(seconds=10),
-        )
-        try:
-            policy = policy_with_overrides(defaults.policy_overrides)
-        except ValueError as error:
-            await self._fail_start(
-                f"invalid POLICY_OVERRIDES: {error}", "InvalidPolicy"
-            )
-        self._search_attributes = defaults.search_attributes
-        zone_name = parsed.timezone or defaults.timezone
-        self._ledger = TicketLedger(parsed, zone_name, policy)
-        self._ledger.skip_late_reminders = True
-        workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
+        if carried is None:
+            self._ledger = await self._open_ledger(parsed)
+        else:
+            await self._take_over_run(parsed.ticket_id)
+        assert self._ledger is not None
 
         while True:
             self._woken = False
@@ -167,12 +194,17 @@ class TicketWorkflow:
             # Before the first await, so the UI and list queries show an
             # applied event in the same workflow task that completes its Update.
             self._publish()
+            closed = self._ledger.state == "closed"
+            if self._continuing and not closed and not self._sending:
+                await self._continue_as_new(opening)
             await self._deliver()
             # A closed ticket still delivers the mail that fell due before the
             # close; nothing falls due after it.
             closed = self._ledger.state == "closed"
             if closed and not self._inbox and not self._sending:
                 break
+            if not closed and not self._continuing:
+                self._continuing = self._continue_as_new_due()
             await self._sleep_until_next_due()
 
         if self._timer is not None:
@@ -186,6 +218,114 @@ class TicketWorkflow:
             extra={"ticket_id": parsed.ticket_id, "reason": self._ledger.close_reason},
         )
         return self._ledger.status()
+
+    async def _open_ledger(self, parsed: Opening) -> TicketLedger:
+        """Fetch the service defaults and open the ledger of a new ticket."""
+        defaults = await workflow.execute_local_activity(
+            DEFAULTS_ACTIVITY,
+            result_type=TicketDefaults,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        try:
+            policy = policy_with_overrides(defaults.policy_overrides)
+        except ValueError as error:
+            await self._fail_start(
+                f"invalid POLICY_OVERRIDES: {error}", "InvalidPolicy"
+            )
+        self._defaults = defaults
+        self._search_attributes = defaults.search_attributes
+        zone_name = parsed.timezone or defaults.timezone
+        ledger = TicketLedger(parsed, zone_name, policy)
+        ledger.skip_late_reminders = True
+        workflow.logger.info("Ticket opened", extra={"ticket_id": parsed.ticket_id})
+        return ledger
+
+    async def _take_over_run(self, ticket_id: str) -> None:
+        """Go on with the ledger that ``__init__`` restored from the previous run.
+
+        The defaults come from the previous run, not from the worker's current
+        settings, so a continued ticket keeps its policy and zone.
+        """
+        if self._carried_failure is not None:
+            await self._fail_start(
+                f"invalid input of the continued run: {self._carried_failure}",
+                INVALID_CARRIED_TICKET,
+            )
+        assert self._ledger is not None and self._defaults is not None
+        if self._ledger.ticket_id != ticket_id:
+            await self._fail_start(
+                f"the carried ledger is of ticket {self._ledger.ticket_id}, "
+                f"not {ticket_id}",
+                INVALID_CARRIED_TICKET,
+            )
+        self._search_attributes = self._defaults.search_attributes
+        # The server copies the search attributes to the new run, so only
+        # values that change from here on are upserted.
+        attributes = workflow.info().typed_search_attributes
+        self._search_values = {
+            key.name: attributes.get(key) for key in TICKET_SEARCH_ATTRIBUTES
+        }
+        workflow.logger.info(
+            "Ticket continued as new",
+            extra={"ticket_id": ticket_id, "continued_runs": self._continued_runs},
+        )
+
+    def _continue_as_new_due(self) -> bool:
+        assert self._defaults is not None
+        limit = self._defaults.max_history_length
+        if limit is None:
+            return False
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= limit
+        )
+
+    async def _continue_as_new(self, opening: Any) -> None:
+        """Store the record and continue as new, or return if this run must go on.
+
+        The run goes on when an event is left unapplied or the ticket closed.
+
+        The loop calls it right after applying the inbox, with no mail being
+        sent, because a mail's result belongs to the run that sent it. Mail and
+        hours that fell due in that pass go to the next run in the snapshot,
+        which starts them.
+        """
+        assert self._ledger is not None and self._defaults is not None
+        await self._store_record()
+        # Events that arrived during the flush. From here to continue_as_new
+        # nothing waits for the server, so no event can arrive in between. An
+        # event that reaches the server before it completes this workflow task
+        # makes it fail the task (cause UnhandledCommand). The worker then
+        # runs the task again, and the signal handlers queue that event first.
+        self._apply_inbox()
+        self._ledger.advance(workflow.now())
+        self._publish()
+        # The Updates whose events were just applied return in this same
+        # workflow task, so their callers get the status from this run.
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() or bool(self._inbox)
+        )
+        # A close among those events ends the ticket in this run instead.
+        if self._inbox or self._ledger.state == "closed":
+            return
+
+        # NOTE: continue_as_new in this SDK version takes no static summary or
+        # details, so later runs show none in the UI. Current details remain.
+        carried = CarriedTicket(
+            ledger=self._ledger.to_snapshot(),
+            defaults=self._defaults,
+            continued_runs=self._continued_runs + 1,
+        )
+        workflow.logger.info(
+            "Ticket continues as new",
+            extra={
+                "ticket_id": self._ledger.ticket_id,
+                "history_length": workflow.info().get_current_history_length(),
+                "continued_runs": carried.continued_runs,
+            },
+        )
+        workflow.continue_as_new(args=[opening, carried])
 
     async def _fail_start(self, message: str, error_type: str) -> NoReturn:
         """Fail the workflow before it has a ledger, and any Update sent with it."""
@@ -222,7 +362,10 @@ class TicketWorkflow:
         timer = self._timer
         await workflow.wait_condition(
             lambda: (
-                self._woken or bool(self._inbox) or (timer is not None and timer.done())
+                self._woken
+                or bool(self._inbox)
+                or (timer is not None and timer.done())
+                or (self._continuing and not self._sending)
             )
         )
 
