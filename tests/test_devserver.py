@@ -328,6 +328,21 @@ async def test_bad_update_leaves_history_unchanged(service: DevService) -> None:
     assert (await handle.query("status"))["rejected"] == []
 
 
+async def test_update_with_two_inputs_is_rejected(service: DevService) -> None:
+    handle = await service.open(new_ticket(seconds_now() - timedelta(minutes=1)))
+    await handle.execute_update("claim_update", event(tech=service.tech()))
+    await wait_idle(handle)
+    length_before = await history_length(handle)
+
+    with pytest.raises(WorkflowUpdateFailedError) as raised:
+        await handle.execute_update("notes_updated_update", args=[event(), event()])
+
+    error = update_error(raised)
+    assert error.type == "InvalidEvent"
+    assert error.message == "expected one JSON object as the input, got 2 values"
+    assert await history_length(handle) == length_before
+
+
 @pytest.mark.parametrize("update_name", ["release_update", "contact_attempt_update"])
 async def test_update_on_unclaimed_is_rejected(
     service: DevService, update_name: str

@@ -749,6 +749,36 @@ async def test_reported_update_rejection_is_kept(service: Service) -> None:
     await assert_no_task_failures(handle)
 
 
+async def test_signal_with_two_inputs_is_rejected(service: Service) -> None:
+    day = await future_day(service)
+    ticket = new_ticket(local(day, 9, 0))
+    handle = await service.open(ticket)
+    await handle.signal(
+        "claim", service.event(tech=TECH_K4, occurred_at=iso(local(day, 9, 0)))
+    )
+    await service.skip_to(local(day, 9, 10))
+
+    first, second = service.event(), service.event()
+    await handle.signal("notes_updated", args=[first, second])
+    await handle.signal("no_such_signal", args=[first, second])
+    await handle.signal(
+        "contact_attempt", service.event(channel="phone", outcome="reached")
+    )
+    await service.skip_to(local(day, 9, 20))
+
+    current = await status(handle)
+    expected = "expected one JSON object as the input, got 2 values"
+    assert [(r["signal"], r["reason"]) for r in current["rejected"]] == [
+        ("notes_updated", expected),
+        ("no_such_signal", expected),
+    ]
+    # The ticket goes on: the next event is applied.
+    assert obligation_times(current, "first_contact") == [
+        (iso(local(day, 10, 0)), "met")
+    ]
+    await assert_no_task_failures(handle)
+
+
 async def test_repeated_event_id_changes_nothing(service: Service) -> None:
     day = await future_day(service)
     ticket = new_ticket(local(day, 9, 0))

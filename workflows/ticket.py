@@ -97,6 +97,29 @@ class QueuedEvent:
     from_update: bool = False
 
 
+@dataclass(frozen=True)
+class SeveralInputs:
+    """Stands for the input of a signal or Update sent with more than one value."""
+
+    count: int
+
+    def rejection(self) -> InvalidEvent:
+        return InvalidEvent(
+            f"expected one JSON object as the input, got {self.count} values"
+        )
+
+
+def one_input(payloads: tuple[Any, ...]) -> Any:
+    """Return a handler's single input, None for none, ``SeveralInputs`` for more.
+
+    Handlers take any number of values, because a call with two (say, the CLI
+    given ``--input`` twice) would otherwise fail every workflow task.
+    """
+    if len(payloads) > 1:
+        return SeveralInputs(len(payloads))
+    return payloads[0] if payloads else None
+
+
 # The signal that reports an Update rejected by its validator.
 RECORD_REJECTION = "record_rejection"
 
@@ -386,6 +409,10 @@ class TicketWorkflow:
     def _apply_event(self, queued: QueuedEvent) -> InvalidEvent | None:
         """Apply one queued event to the ledger and return its rejection, if any."""
         assert self._ledger is not None
+        if isinstance(queued.payload, SeveralInputs):
+            error = queued.payload.rejection()
+            self._ledger.reject(queued.signal, None, str(error), queued.received_at)
+            return error
         if queued.signal == RECORD_REJECTION:
             return self._record_reported_rejection(queued)
         try:
@@ -514,6 +541,8 @@ class TicketWorkflow:
         Runs read-only, so a rejected Update leaves no trace in the history or
         in the ticket's record.
         """
+        if isinstance(payload, SeveralInputs):
+            raise rejection_error(payload.rejection(), recorded=False)
         ledger = self._ledger
         if ledger is None:
             if self._start_failure is not None:
@@ -577,111 +606,113 @@ class TicketWorkflow:
         return self._ledger.status()
 
     @workflow.signal(name="claim")
-    def claim(self, payload: Any = None) -> None:
-        self._queue("claim", payload)
+    def claim(self, *payloads: Any) -> None:
+        self._queue("claim", one_input(payloads))
 
     @workflow.signal(name="reassign")
-    def reassign(self, payload: Any = None) -> None:
-        self._queue("reassign", payload)
+    def reassign(self, *payloads: Any) -> None:
+        self._queue("reassign", one_input(payloads))
 
     @workflow.signal(name="release")
-    def release(self, payload: Any = None) -> None:
-        self._queue("release", payload)
+    def release(self, *payloads: Any) -> None:
+        self._queue("release", one_input(payloads))
 
     @workflow.signal(name="contact_attempt")
-    def contact_attempt(self, payload: Any = None) -> None:
-        self._queue("contact_attempt", payload)
+    def contact_attempt(self, *payloads: Any) -> None:
+        self._queue("contact_attempt", one_input(payloads))
 
     @workflow.signal(name="notes_updated")
-    def notes_updated(self, payload: Any = None) -> None:
-        self._queue("notes_updated", payload)
+    def notes_updated(self, *payloads: Any) -> None:
+        self._queue("notes_updated", one_input(payloads))
 
     @workflow.signal(name="customer_message")
-    def customer_message(self, payload: Any = None) -> None:
-        self._queue("customer_message", payload)
+    def customer_message(self, *payloads: Any) -> None:
+        self._queue("customer_message", one_input(payloads))
 
     @workflow.signal(name="time_logged")
-    def time_logged(self, payload: Any = None) -> None:
-        self._queue("time_logged", payload)
+    def time_logged(self, *payloads: Any) -> None:
+        self._queue("time_logged", one_input(payloads))
 
     @workflow.signal(name="close")
-    def close(self, payload: Any = None) -> None:
-        self._queue("close", payload)
+    def close(self, *payloads: Any) -> None:
+        self._queue("close", one_input(payloads))
 
     @workflow.signal(name=RECORD_REJECTION)
-    def record_rejection(self, payload: Any = None) -> None:
-        self._queue(RECORD_REJECTION, payload)
+    def record_rejection(self, *payloads: Any) -> None:
+        self._queue(RECORD_REJECTION, one_input(payloads))
 
     @workflow.update(name="claim_update")
-    async def claim_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("claim", payload)
+    async def claim_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("claim", one_input(payloads))
 
     @claim_update.validator
-    def validate_claim_update(self, payload: Any = None) -> None:
-        self._validate_update("claim", payload)
+    def validate_claim_update(self, *payloads: Any) -> None:
+        self._validate_update("claim", one_input(payloads))
 
     @workflow.update(name="reassign_update")
-    async def reassign_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("reassign", payload)
+    async def reassign_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("reassign", one_input(payloads))
 
     @reassign_update.validator
-    def validate_reassign_update(self, payload: Any = None) -> None:
-        self._validate_update("reassign", payload)
+    def validate_reassign_update(self, *payloads: Any) -> None:
+        self._validate_update("reassign", one_input(payloads))
 
     @workflow.update(name="release_update")
-    async def release_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("release", payload)
+    async def release_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("release", one_input(payloads))
 
     @release_update.validator
-    def validate_release_update(self, payload: Any = None) -> None:
-        self._validate_update("release", payload)
+    def validate_release_update(self, *payloads: Any) -> None:
+        self._validate_update("release", one_input(payloads))
 
     @workflow.update(name="contact_attempt_update")
-    async def contact_attempt_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("contact_attempt", payload)
+    async def contact_attempt_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("contact_attempt", one_input(payloads))
 
     @contact_attempt_update.validator
-    def validate_contact_attempt_update(self, payload: Any = None) -> None:
-        self._validate_update("contact_attempt", payload)
+    def validate_contact_attempt_update(self, *payloads: Any) -> None:
+        self._validate_update("contact_attempt", one_input(payloads))
 
     @workflow.update(name="notes_updated_update")
-    async def notes_updated_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("notes_updated", payload)
+    async def notes_updated_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("notes_updated", one_input(payloads))
 
     @notes_updated_update.validator
-    def validate_notes_updated_update(self, payload: Any = None) -> None:
-        self._validate_update("notes_updated", payload)
+    def validate_notes_updated_update(self, *payloads: Any) -> None:
+        self._validate_update("notes_updated", one_input(payloads))
 
     @workflow.update(name="customer_message_update")
-    async def customer_message_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("customer_message", payload)
+    async def customer_message_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("customer_message", one_input(payloads))
 
     @customer_message_update.validator
-    def validate_customer_message_update(self, payload: Any = None) -> None:
-        self._validate_update("customer_message", payload)
+    def validate_customer_message_update(self, *payloads: Any) -> None:
+        self._validate_update("customer_message", one_input(payloads))
 
     @workflow.update(name="time_logged_update")
-    async def time_logged_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("time_logged", payload)
+    async def time_logged_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("time_logged", one_input(payloads))
 
     @time_logged_update.validator
-    def validate_time_logged_update(self, payload: Any = None) -> None:
-        self._validate_update("time_logged", payload)
+    def validate_time_logged_update(self, *payloads: Any) -> None:
+        self._validate_update("time_logged", one_input(payloads))
 
     @workflow.update(name="close_update")
-    async def close_update(self, payload: Any = None) -> dict[str, Any]:
-        return await self._run_update("close", payload)
+    async def close_update(self, *payloads: Any) -> dict[str, Any]:
+        return await self._run_update("close", one_input(payloads))
 
     @close_update.validator
-    def validate_close_update(self, payload: Any = None) -> None:
-        self._validate_update("close", payload)
+    def validate_close_update(self, *payloads: Any) -> None:
+        self._validate_update("close", one_input(payloads))
 
     @workflow.signal(dynamic=True)
     def unknown_signal(self, name: str, args: Sequence[RawValue]) -> None:
         # Queued like a known event, so a misspelt name ends up in ``rejected``
         # instead of waiting unseen in the signal buffer.
         payload: Any = None
-        if args:
+        if len(args) > 1:
+            payload = SeveralInputs(len(args))
+        elif args:
             try:
                 payload = workflow.payload_converter().from_payload(args[0].payload)
             except Exception:
