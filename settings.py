@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
 
-from workflows.model import ACTIVITY_TIMEOUT_SECONDS
+from workflows.model import ACTIVITY_TIMEOUT_SECONDS, DEFAULT_MAX_HISTORY_LENGTH
 from workflows.policy import policy_with_overrides
 
 # Mail is sent by an activity whose start-to-close timeout is 60 seconds. The
@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # and the others in workflows/search.py) current. The worker still turns
     # them off for a ticket when the namespace lacks one of them.
     ticket_search_attributes: bool = True
+
+    # History events after which a ticket continues as new, unless the server
+    # suggests it first. Running tickets keep the value they started with.
+    max_history_length: int = Field(default=DEFAULT_MAX_HISTORY_LENGTH, ge=100)
 
     # AES-256-GCM key that encrypts workflow payloads before they reach
     # Temporal: 32 random bytes as base64 or 64 hex digits. Unset means

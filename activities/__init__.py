@@ -90,6 +90,7 @@ class TicketActivities:
             settings.default_timezone,
             settings.policy_overrides,
             settings.ticket_search_attributes,
+            settings.max_history_length,
         )
 
     def close(self) -> None:

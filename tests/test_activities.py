@@ -88,6 +88,17 @@ async def test_ticket_defaults_returns_zone(activities: TicketActivities) -> Non
     assert defaults.timezone == activities.default_timezone
 
 
+async def test_ticket_defaults_carry_history_limit(settings: Settings) -> None:
+    built = TicketActivities.from_settings(
+        settings.model_copy(update={"max_history_length": 2500})
+    )
+    try:
+        defaults = await ActivityEnvironment().run(built.ticket_defaults)
+    finally:
+        built.close()
+    assert defaults.max_history_length == 2500
+
+
 async def test_record_ticket_changes_stores_entries(
     activities: TicketActivities,
 ) -> None:

@@ -130,6 +130,11 @@ def test_settings_keyword_overrides_environment(
             "../../etc/passwd",
             "DEFAULT_TIMEZONE: Value error, not an IANA",
         ),
+        (
+            "MAX_HISTORY_LENGTH",
+            "50",
+            "MAX_HISTORY_LENGTH: Input should be greater than or equal to 100",
+        ),
         ("MAIL_FROM", "ticket-guard", "MAIL_FROM: Value error, not a mail address"),
         ("OPS_EMAIL", "ops@", "OPS_EMAIL: Value error, not a mail address"),
         (
