@@ -3,16 +3,28 @@
 Every notification has a stable Message-ID, and sent_mail keeps its status, so
 a retried activity or a restarted worker does not send a second copy:
 
-- ``delayed``: a temporary failure before the server took the message; the
-  next attempt sends it.
-- ``sending``: the message data was being handed over when the attempt ended,
-  for example because the worker stopped.
-- ``unconfirmed``: the server never replied to the message data.
+- ``delayed``: a temporary failure, such as a refused connection or a 4xx
+  reply, before the server accepted the message. The next attempt sends it.
+- ``sending``: an attempt is between RCPT and the end of the message data.
+  The line with a lone dot that ends the data is what commits a mail
+  transaction (RFC 5321, section 3.3), so the server has nothing to deliver.
+  Once SMTP_TIMEOUT_SECONDS have passed since the row was written, that
+  attempt has ended, and a later one sends the mail again.
+- ``unconfirmed``: the final dot went out, or was about to, and no reply was
+  read. The server may have accepted the message, so it is not sent again.
+  The attempt that hit this fails, and the next attempt reports the mail to
+  OPS_EMAIL once and returns ``already_sent``.
 - ``sent``: the server accepted the message.
 - ``failed``: the mail cannot be delivered (a 5xx reply, no valid address).
 
-A mail in ``sending`` or ``unconfirmed`` may have been delivered, so it is not
-sent again: a lost mail is preferred to a second copy.
+The ambiguous window is the time between writing the final dot and reading
+the server's reply: a lost connection, a timeout or a killed worker there
+leaves the mail ``unconfirmed``. A 4xx or 5xx reply to the data, and a
+connection lost before the dot was written, mean the server did not accept
+the message. ``unconfirmed`` is written just before the dot, so an attempt
+that stops between the two leaves a mail the server never got marked
+``unconfirmed``: it is lost, and ops hear of it. A lost mail is preferred to
+a second copy.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import logging
 import re
 import textwrap
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from typing import Any
@@ -55,10 +67,24 @@ _ADDRESS_IN_TEXT = re.compile(r"<?[^@\s<>]+@[^@\s<>]+>?")
 # A bare address with no spaces, control characters or list separators. The
 # server has the final word; this only keeps header and command injection out.
 _MAIL_ADDRESS = re.compile(r"[^@\s\x00-\x1f\x7f<>,;\"]+@[^@\s\x00-\x1f\x7f<>,;\"]+")
+# Any line ending, and a dot at the start of a line, in the message data.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+# The detail of a mail whose final dot is about to go out.
+_NO_REPLY_YET = "the attempt ended before the reply to the message data was read"
 
 
 class MailDeliveryDelayed(Exception):
     """A temporary SMTP failure: the activity should retry later."""
+
+
+class MailDeliveryUnconfirmed(Exception):
+    """The server got the whole message but its reply never arrived.
+
+    The activity should retry: the next attempt finds the mail
+    ``unconfirmed``, reports it to OPS_EMAIL and does not send it again.
+    """
 
 
 class _PermanentFailure(Exception):
@@ -66,7 +92,7 @@ class _PermanentFailure(Exception):
 
 
 class _Unconfirmed(Exception):
-    """The message data was handed over but the server never replied."""
+    """The final dot of the message data went out but no reply was read."""
 
 
 def message_id_for(notification: NotificationInput, domain: str) -> str:
@@ -88,8 +114,17 @@ def message_id_for(notification: NotificationInput, domain: str) -> str:
 
 def failure_report_id(message_id: str) -> str:
     """Return the Message-ID of the ops report about the failed ``message_id``."""
+    return _report_id(message_id, "failure-report")
+
+
+def unconfirmed_report_id(message_id: str) -> str:
+    """Return the Message-ID of the ops report about the unconfirmed ``message_id``."""
+    return _report_id(message_id, "unconfirmed-report")
+
+
+def _report_id(message_id: str, suffix: str) -> str:
     local_part, _at, domain = message_id.strip("<>").rpartition("@")
-    return f"<{local_part}.failure-report@{domain}>"
+    return f"<{local_part}.{suffix}@{domain}>"
 
 
 def _escape_message_id_part(value: str) -> str:
@@ -195,18 +230,19 @@ class Mailer:
         """Send the notification unless an earlier attempt already did.
 
         Returns ``already_sent`` without sending when an earlier attempt sent
-        the Message-ID or may have sent it. Returns ``failed`` with the reason
-        when the mail cannot be delivered, and reports a failed mail to a tech
-        or customer once to OPS_EMAIL. Otherwise returns ``sent``.
-        Raises MailDeliveryDelayed on a temporary failure, so that the caller
-        retries, and InvalidNotification when the notification cannot be
-        composed.
+        the Message-ID or may have sent it, and reports an unconfirmed mail
+        to a tech or customer once to OPS_EMAIL. Returns ``failed`` with the
+        reason when the mail cannot be delivered, and reports a failed mail
+        to a tech or customer once to OPS_EMAIL. Otherwise returns ``sent``.
+
+        Raises MailDeliveryDelayed on a temporary failure and
+        MailDeliveryUnconfirmed when the server never replied to the whole
+        message, so that the caller retries, and InvalidNotification when the
+        notification cannot be composed.
         """
         message_id = self.message_id(notification)
-        # NOTE: two attempts running at once (Temporal starts a retry after
-        # the start-to-close timeout) could both pass this check and both send.
         earlier = await asyncio.to_thread(self.store.mail, message_id)
-        if earlier is not None and earlier.status != "delayed":
+        if earlier is not None and not self._may_send_again(earlier):
             return await self._result_of_earlier_attempt(earlier)
 
         message = self.compose(notification)
@@ -216,6 +252,31 @@ class Mailer:
         if not _is_mail_address(mail.recipient):
             return await self._fail(mail, f"the {mail.role}'s mail address is invalid")
         return await self._send_and_record(mail, message)
+
+    def _may_send_again(self, earlier: MailRecord) -> bool:
+        """Return True if the server cannot hold the mail that ``earlier`` recorded.
+
+        Raises MailDeliveryDelayed while an attempt recorded as ``sending``
+        may still be running, because it could still write the final dot.
+        """
+        if earlier.status == "delayed":
+            return True
+        if earlier.status != "sending":
+            return False
+
+        # The attempt that wrote the row ends its SMTP exchange within
+        # SMTP_TIMEOUT_SECONDS, so an older row is left by an attempt that
+        # ended without recording why, for example on a killed worker.
+        # NOTE: this trusts the workers' clocks to agree, and a worker whose
+        # event loop stalls for longer could still be sending.
+        age = datetime.now(UTC) - earlier.sent_at
+        limit = timedelta(seconds=self.settings.smtp_timeout_seconds)
+        if age < limit:
+            raise MailDeliveryDelayed(
+                f"an attempt started handing over this mail {age.total_seconds():.1f}"
+                " seconds ago and may still be running"
+            )
+        return True
 
     def _mail(self, notification: NotificationInput) -> _Mail:
         return _Mail(
@@ -242,19 +303,15 @@ class Mailer:
             )
             return NotificationResult("already_sent", mail.message_id)
 
-        if earlier.status in ("sending", "unconfirmed"):
-            detail = (
-                "unconfirmed: an earlier attempt handed over the message data but "
-                "got no reply, so the mail is not sent again"
-            )
-            if earlier.status == "sending":
-                await self._record(mail, "unconfirmed", detail)
-            _log_unconfirmed(mail, detail)
+        reason = earlier.detail or "unknown"
+        if earlier.status == "unconfirmed":
+            await self._settle_unconfirmed(mail, reason)
+            detail = f"unconfirmed, so not sent again: {reason}"
             return NotificationResult("already_sent", mail.message_id, detail)
 
         # A failed mail: the attempt that recorded it may have stopped before
         # its report to ops went out.
-        await self._report_failure(mail, earlier.detail or "unknown")
+        await self._report_failure(mail, reason)
         return NotificationResult("failed", mail.message_id, earlier.detail)
 
     async def _send_and_record(
@@ -263,17 +320,24 @@ class Mailer:
         """Hand the message to the server and record what became of it.
 
         A permanent failure is reported to OPS_EMAIL unless the mail went there.
-        Raises MailDeliveryDelayed on a temporary failure.
+        Raises MailDeliveryDelayed on a temporary failure and
+        MailDeliveryUnconfirmed when no reply to the message data came.
         """
         try:
             await self._deliver(mail, message)
         except _PermanentFailure as failure:
             return await self._fail(mail, str(failure))
         except _Unconfirmed as unconfirmed:
-            detail = f"unconfirmed: {unconfirmed}"
-            await self._record(mail, "unconfirmed", detail)
-            _log_unconfirmed(mail, detail)
-            return NotificationResult("sent", mail.message_id, detail)
+            reason = f"no reply to the message data: {unconfirmed}"
+            await self._record(mail, "unconfirmed", reason)
+            _logger().warning(
+                "Mail delivery unconfirmed, will not send again",
+                extra={**mail.log_fields(), "reason": redact_addresses(reason)},
+            )
+            # Failing the attempt leaves the report to ops to the next one,
+            # which handles every unconfirmed mail the same way, including
+            # one whose worker was killed while waiting for the reply.
+            raise MailDeliveryUnconfirmed(f"unconfirmed: {reason}") from unconfirmed
 
         await self._record(mail, "sent", None)
         _logger().info("Mail sent", extra=mail.log_fields())
@@ -292,41 +356,87 @@ class Mailer:
         await self._report_failure(mail, reason)
         return NotificationResult("failed", mail.message_id, reason)
 
+    async def _settle_unconfirmed(self, mail: _Mail, reason: str) -> None:
+        """Log a mail that may not have arrived and report it to ops once."""
+        extra = {**mail.log_fields(), "reason": redact_addresses(reason)}
+        if mail.role == "ops":
+            # As for a failed mail to ops, a report would go to the same address.
+            _logger().error("Mail to ops unconfirmed, not sending again", extra=extra)
+            return
+
+        _logger().warning("Mail delivery unconfirmed, not sending again", extra=extra)
+        await self._report(
+            mail,
+            kind="delivery_unconfirmed",
+            message_id=unconfirmed_report_id(mail.message_id),
+            subject=f"[{mail.ticket_id}] Mail to the {mail.role} may not have arrived",
+            summary=(
+                f"The {mail.kind} mail to the {mail.role} of ticket "
+                f"{mail.ticket_id} was handed to the mail server, but the server "
+                "never confirmed it. It will not be sent again, so that nobody "
+                "gets two copies."
+            ),
+            action=(
+                "What to do: look for the Message-ID in the mail server's log. "
+                f"If the mail is not there, reach the {mail.role} another way."
+            ),
+            reason=reason,
+        )
+
     async def _report_failure(self, failed: _Mail, reason: str) -> None:
         if failed.role == "ops":
             return
 
-        report = _Mail(
-            message_id=failure_report_id(failed.message_id),
-            ticket_id=failed.ticket_id,
+        await self._report(
+            failed,
             kind="delivery_failure",
+            message_id=failure_report_id(failed.message_id),
+            subject=(
+                f"[{failed.ticket_id}] Mail to the {failed.role} could not be delivered"
+            ),
+            summary=(
+                f"The {failed.kind} mail to the {failed.role} of ticket "
+                f"{failed.ticket_id} could not be delivered and will not be retried."
+            ),
+            action=(
+                f"What to do: check the {failed.role}'s mail address on the ticket "
+                "and reach them another way."
+            ),
+            reason=reason,
+        )
+
+    async def _report(
+        self,
+        about: _Mail,
+        *,
+        kind: str,
+        message_id: str,
+        subject: str,
+        summary: str,
+        action: str,
+        reason: str,
+    ) -> None:
+        """Send ops a report about the mail ``about``, once for its Message-ID."""
+        report = _Mail(
+            message_id=message_id,
+            ticket_id=about.ticket_id,
+            kind=kind,
             role="ops",
             recipient=self.settings.ops_address,
         )
         earlier = await asyncio.to_thread(self.store.mail, report.message_id)
-        if earlier is not None and earlier.status != "delayed":
+        if earlier is not None and not self._may_send_again(earlier):
             return
 
-        message = self._new_message(
-            report,
-            f"[{failed.ticket_id}] Mail to the {failed.role} could not be delivered",
-        )
+        message = self._new_message(report, subject)
         message["To"] = self.settings.ops_email
-        summary = (
-            f"The {failed.kind} mail to the {failed.role} of ticket "
-            f"{failed.ticket_id} could not be delivered and will not be retried."
-        )
-        action = (
-            f"What to do: check the {failed.role}'s mail address on the ticket "
-            "and reach them another way."
-        )
         message.set_content(
             "\n".join(
                 [
                     textwrap.fill(summary, LINE_WIDTH),
                     "",
                     f"Reason:     {reason}",
-                    f"Message-ID: {failed.message_id}",
+                    f"Message-ID: {about.message_id}",
                     "",
                     textwrap.fill(action, LINE_WIDTH),
                     "",
@@ -370,8 +480,9 @@ class Mailer:
         """Hand one message to the SMTP server within SMTP_TIMEOUT_SECONDS.
 
         Raises _PermanentFailure on a 5xx reply to the recipient or the data,
-        _Unconfirmed when the data got no reply, and MailDeliveryDelayed on
-        any other failure, after recording the mail as ``delayed``.
+        _Unconfirmed when the final dot went out and no reply was read, and
+        MailDeliveryDelayed on any other failure, after recording the mail as
+        ``delayed``.
         """
         try:
             await self._smtp_exchange(mail, message)
@@ -386,7 +497,7 @@ class Mailer:
     async def _smtp_exchange(self, mail: _Mail, message: EmailMessage) -> None:
         assert mail.recipient is not None
         client = self._smtp_client()
-        data_started = False
+        final_dot_sent = False
         try:
             # aiosmtplib's timeout applies to each command. This one bounds the
             # whole exchange, so it ends before the activity's own timeout.
@@ -394,15 +505,21 @@ class Mailer:
                 await client.connect()
                 await client.mail(self.settings.mail_from_address)
                 await client.rcpt(mail.recipient)
-
-                # From here on the server may accept the message without our
-                # knowing, so a stopped attempt must not be repeated.
                 await self._record(mail, "sending", None)
-                data_started = True
-                await client.data(message.as_bytes(policy=MESSAGE_POLICY))
+
+                # aiosmtplib's data() writes the message right after the 354
+                # reply, with no point to record anything in between, so the
+                # exchange runs the DATA command itself.
+                await _start_data(client)
+                # Recorded before the final dot goes out, because from then on
+                # the server may accept the message without our knowing.
+                await self._record(mail, "unconfirmed", _NO_REPLY_YET)
+                _write_data(client, message)
+                final_dot_sent = True
+                await _read_data_reply(client, self.settings.smtp_timeout_seconds)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             client.close()
-            raise _delivery_error(error, data_started=data_started) from error
+            raise _delivery_error(error, final_dot_sent=final_dot_sent) from error
         except BaseException:
             client.close()
             raise
@@ -433,9 +550,39 @@ class Mailer:
         )
 
 
-def _delivery_error(error: BaseException, *, data_started: bool) -> Exception:
+async def _start_data(client: aiosmtplib.SMTP) -> None:
+    """Send the DATA command; raise SMTPDataError unless the server replies 354."""
+    reply = await client.execute_command(b"DATA")
+    if reply.code != aiosmtplib.SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+def _write_data(client: aiosmtplib.SMTP, message: EmailMessage) -> None:
+    """Write the message and the final dot in one write to the connection."""
+    if client.protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    data = _LINE_END.sub(b"\r\n", message.as_bytes(policy=MESSAGE_POLICY))
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    # A line that starts with a dot gets a second one, so that only the final
+    # line ends the data (RFC 5321, section 4.5.2).
+    data = _LINE_START_DOT.sub(b"..", data)
+    client.protocol.write(data + b".\r\n")
+
+
+async def _read_data_reply(client: aiosmtplib.SMTP, timeout: float) -> None:
+    """Read the reply to the message data; raise SMTPDataError unless it is 250."""
+    if client.protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    reply = await client.protocol.read_response(timeout=timeout)
+    if reply.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+def _delivery_error(error: BaseException, *, final_dot_sent: bool) -> Exception:
     """Classify an SMTP failure as permanent, unconfirmed or delayed."""
-    # A reply to RCPT or to the message data is about this mail alone.
+    # A reply to RCPT or to the message data is about this mail alone. A 4xx
+    # or 5xx reply to the data means the server did not take the message.
     if isinstance(error, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError):
         if isinstance(error, aiosmtplib.SMTPRecipientRefused):
             reason = f"recipient rejected: {error.code} {error.message}"
@@ -450,7 +597,9 @@ def _delivery_error(error: BaseException, *, data_started: bool) -> Exception:
         # at fault, not this mail, so the mail waits for a fix.
         return MailDeliveryDelayed(f"{error.code} {error.message}")
 
-    if data_started:
+    # A timeout or a lost connection: the server has the message only if the
+    # final dot reached it.
+    if final_dot_sent:
         return _Unconfirmed(_describe(error))
     return MailDeliveryDelayed(_describe(error))
 
@@ -463,10 +612,3 @@ def _describe(error: BaseException) -> str:
 
 def _is_mail_address(address: str) -> bool:
     return _MAIL_ADDRESS.fullmatch(address) is not None
-
-
-def _log_unconfirmed(mail: _Mail, detail: str) -> None:
-    _logger().warning(
-        "Mail delivery unconfirmed, not sending again",
-        extra={**mail.log_fields(), "reason": redact_addresses(detail)},
-    )

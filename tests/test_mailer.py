@@ -7,13 +7,20 @@ import mailbox
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from activities.mailer import MailDeliveryDelayed, Mailer, message_id_for
+from activities.mailer import (
+    MailDeliveryDelayed,
+    MailDeliveryUnconfirmed,
+    Mailer,
+    message_id_for,
+    unconfirmed_report_id,
+)
 from activities.notices import InvalidNotification
 from activities.store import Store
 from mailsink import MailSink
@@ -580,46 +587,98 @@ async def test_send_retries_delayed_failure_report(
     assert len(received(mail_sink, OPS)) == 1
 
 
-async def test_send_unanswered_data_is_not_sent_again(
+async def test_send_unanswered_data_is_reported(
     settings: Settings, store: Store, mail_sink: MailSink
 ) -> None:
     # The server keeps the message but its reply never comes: sending again
-    # could give the reader a second copy.
+    # could give the reader a second copy, so the retry reports it to ops.
     quick = Mailer(settings.model_copy(update={"smtp_timeout_seconds": 0.2}), store)
     reminder = notification("reply_reminder", "tech")
+    message_id = quick.message_id(reminder)
     mail_sink.hold_replies()
 
-    first = await quick.send(reminder)
+    with pytest.raises(MailDeliveryUnconfirmed, match="no reply to the message data"):
+        await quick.send(reminder)
     mail_sink.release_replies()
-    second = await quick.send(reminder)
+    retried = await quick.send(reminder)
+    again = await quick.send(reminder)
 
-    assert first.status == "sent"
-    assert first.detail is not None and first.detail.startswith("unconfirmed: ")
-    assert second.status == "already_sent"
-    assert len(mail_sink.messages_with_id(first.message_id)) == 1
-    assert store.mail_status(first.message_id) == "unconfirmed"
+    assert retried.status == "already_sent"
+    assert retried.detail is not None
+    assert retried.detail.startswith("unconfirmed, so not sent again: ")
+    assert again.status == "already_sent"
+    assert len(mail_sink.messages_with_id(message_id)) == 1
+    assert store.mail_status(message_id) == "unconfirmed"
+    report_id = unconfirmed_report_id(message_id)
+    assert len(received(mail_sink, OPS)) == 1
+    [report] = mail_sink.messages_with_id(report_id)
+    assert report["Subject"] == "[T-1001] Mail to the tech may not have arrived"
+    assert message_id in report.get_content()
+    assert store.mail_status(report_id) == "sent"
 
 
-async def test_send_after_interrupted_attempt_is_not_repeated(
+def record_earlier_attempt(
+    mailer: Mailer, to_send: NotificationInput, status: str, seconds_ago: float
+) -> None:
+    """Store the sent_mail row that an attempt ended ``seconds_ago`` left behind."""
+    mailer.store.record_mail(
+        message_id=mailer.message_id(to_send),
+        ticket_id=to_send.ticket_id,
+        kind=to_send.kind,
+        role=to_send.role,
+        recipient="kim@techs.test",
+        status=status,
+        at=datetime.now(UTC) - timedelta(seconds=seconds_ago),
+    )
+
+
+async def test_send_after_stop_before_dot_sends(
     mailer: Mailer, mail_sink: MailSink
 ) -> None:
-    # A worker that stopped while handing over the message data leaves the
-    # mail in "sending".
+    # A worker that stopped before writing the final dot leaves the mail in
+    # "sending", and the server has none of it.
     breach = notification("notes_breach", "tech")
-    mailer.store.record_mail(
-        message_id=mailer.message_id(breach),
-        ticket_id="T-1001",
-        kind="notes_breach",
-        role="tech",
-        recipient="kim@techs.test",
-        status="sending",
-    )
+    record_earlier_attempt(mailer, breach, "sending", seconds_ago=60)
 
     result = await mailer.send(breach)
 
-    assert result.status == "already_sent"
+    assert result.status == "sent"
+    assert len(mail_sink.messages_with_id(result.message_id)) == 1
+    assert mailer.store.mail_status(result.message_id) == "sent"
+
+
+async def test_send_waits_for_attempt_still_sending(
+    mailer: Mailer, mail_sink: MailSink
+) -> None:
+    # The settings' SMTP timeout is 5 seconds, so an attempt that recorded
+    # "sending" a second ago may still write the final dot.
+    breach = notification("notes_breach", "tech")
+    record_earlier_attempt(mailer, breach, "sending", seconds_ago=1)
+
+    with pytest.raises(MailDeliveryDelayed, match="may still be running"):
+        await mailer.send(breach)
+
     assert mail_sink.messages == []
-    assert mailer.store.mail_status(result.message_id) == "unconfirmed"
+    assert mailer.store.mail_status(mailer.message_id(breach)) == "sending"
+
+
+async def test_send_after_stop_after_dot_reports(
+    mailer: Mailer, mail_sink: MailSink
+) -> None:
+    # A worker that stopped after writing the final dot leaves the mail in
+    # "unconfirmed": the server may have it, so it is reported, not resent.
+    breach = notification("notes_breach", "tech")
+    record_earlier_attempt(mailer, breach, "unconfirmed", seconds_ago=60)
+
+    first = await mailer.send(breach)
+    second = await mailer.send(breach)
+
+    assert first.status == "already_sent"
+    assert second.status == "already_sent"
+    assert mail_sink.messages_with_id(first.message_id) == []
+    assert len(received(mail_sink, OPS)) == 1
+    assert len(mail_sink.messages_with_id(unconfirmed_report_id(first.message_id))) == 1
+    assert mailer.store.mail_status(first.message_id) == "unconfirmed"
 
 
 async def test_send_with_smtp_login(settings: Settings, store: Store) -> None:
