@@ -44,6 +44,11 @@ PASSTHROUGH_MODULES = (
 # How long shutdown waits for running activities (a mail being sent) before
 # it cancels them.
 GRACEFUL_SHUTDOWN_TIMEOUT = timedelta(seconds=10)
+# How long a ticket's next workflow task waits for the worker that ran the
+# last one before any worker may take it. After a crash, deadlines fire this
+# much late at most; the SDK's 10-second default would make it longer. The
+# cost is a replay from history when a busy worker is slower than this.
+STICKY_QUEUE_TIMEOUT = timedelta(seconds=3)
 
 CONNECT_RETRY_FIRST_DELAY = 1.0
 CONNECT_RETRY_MAX_DELAY = 30.0
@@ -91,6 +96,7 @@ def create_worker(
         activities=activities.all(),
         workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN_TIMEOUT,
+        sticky_queue_schedule_to_start_timeout=STICKY_QUEUE_TIMEOUT,
     )
 
 
