@@ -41,6 +41,7 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 
 import aiosmtplib
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from activities.notices import (
@@ -54,6 +55,12 @@ from settings import Settings
 from workflows.model import NotificationInput, NotificationResult
 
 logger = logging.getLogger(__name__)
+
+# How long an attempt keeps trying to record a mail the server accepted:
+# short next to the activity's 60-second timeout. A longer database outage
+# fails the attempt, and the next one reports the mail as unconfirmed.
+SENT_RECORD_RETRY_SECONDS = 20.0
+SENT_RECORD_RETRY_INTERVAL_SECONDS = 1.0
 
 # 7-bit transfer encodings, so a name with accents survives a server that
 # does not offer 8BITMIME.
@@ -339,9 +346,30 @@ class Mailer:
             # one whose worker was killed while waiting for the reply.
             raise MailDeliveryUnconfirmed(f"unconfirmed: {reason}") from unconfirmed
 
-        await self._record(mail, "sent", None)
+        await self._record_sent(mail)
         _logger().info("Mail sent", extra=mail.log_fields())
         return NotificationResult("sent", mail.message_id)
+
+    async def _record_sent(self, mail: _Mail) -> None:
+        """Record that the server took the mail, trying again through a short outage.
+
+        Were the attempt to fail here, the next one would find the mail
+        ``unconfirmed`` and tell ops it may not have arrived, though it did.
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + SENT_RECORD_RETRY_SECONDS
+        while True:
+            try:
+                await self._record(mail, "sent", None)
+                return
+            except SQLAlchemyError as error:
+                if loop.time() >= give_up_at:
+                    raise
+                _logger().warning(
+                    "Recording a sent mail failed, trying again",
+                    extra={**mail.log_fields(), "error": type(error).__name__},
+                )
+                await asyncio.sleep(SENT_RECORD_RETRY_INTERVAL_SECONDS)
 
     async def _fail(self, mail: _Mail, reason: str) -> NotificationResult:
         await self._record(mail, "failed", reason)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.exc import OperationalError
 
 from activities.mailer import (
     MailDeliveryDelayed,
@@ -615,6 +616,36 @@ async def test_send_unanswered_data_is_reported(
     assert report["Subject"] == "[T-1001] Mail to the tech may not have arrived"
     assert message_id in report.get_content()
     assert store.mail_status(report_id) == "sent"
+
+
+async def test_sent_record_survives_short_outage(
+    mailer: Mailer, mail_sink: MailSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database fails the first two writes of "sent" after the server took
+    # the mail; the attempt keeps trying instead of leaving it unconfirmed.
+    monkeypatch.setattr("activities.mailer.SENT_RECORD_RETRY_INTERVAL_SECONDS", 0.01)
+    record_mail = mailer.store.record_mail
+    failures: list[str] = []
+
+    def flaky_record_mail(**row: Any) -> None:
+        if row["status"] == "sent" and len(failures) < 2:
+            failures.append(row["message_id"])
+            raise OperationalError(
+                "UPDATE sent_mail", {}, Exception("database is locked")
+            )
+        record_mail(**row)
+
+    monkeypatch.setattr(mailer.store, "record_mail", flaky_record_mail)
+    reminder = notification("reply_reminder", "tech")
+    message_id = mailer.message_id(reminder)
+
+    result = await mailer.send(reminder)
+
+    assert result.status == "sent"
+    assert failures == [message_id, message_id]
+    assert mailer.store.mail_status(message_id) == "sent"
+    assert len(mail_sink.messages_with_id(message_id)) == 1
+    assert received(mail_sink, OPS) == []
 
 
 def record_earlier_attempt(
