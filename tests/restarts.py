@@ -1084,9 +1084,9 @@ def _store_outage(
 
 
 async def run_worker_killed(workdir: Path) -> ScenarioResult:
-    """Kill the worker with SIGKILL before the ladder closes, then start another."""
+    """Kill the worker with SIGKILL mid-ladder, then start another."""
     database_url = f"sqlite:///{workdir / 'tickets.db'}"
-    fault = Fault(_restart_worker, after="all_methods", check=_check_new_worker)
+    fault = Fault(_restart_worker, after="other_method", check=_check_new_worker)
     async with LocalStack(workdir, database_url) as stack:
         return await drive_ladder(stack, "worker_killed", fault)
 
