@@ -118,12 +118,17 @@ class Facts:
     notification: NotificationInput
     zone: ZoneInfo
     ticket: str
-    # The names as given, on one line, or None when unknown.
+    # The names and ids as given, on one line, or None when unknown.
     customer_name: str | None
     tech_name: str | None
-    # The names for a sentence, with a stand-in when unknown.
+    customer_id: str | None
+    tech_id: str | None
+    # The names for the middle and the start of a sentence, with a stand-in
+    # when unknown.
     customer: str
+    customer_subject: str
     tech: str
+    tech_subject: str
     priority: str
     # When the mail was due (the moment its event happened) and when what is
     # owed is due, as aware UTC times and in full local text.
@@ -149,14 +154,21 @@ class Facts:
         owed_kind = notification.owed_kind
         customer_name = _one_line(notification.customer_name)
         tech_name = _one_line(notification.tech_name)
+        tech_id = _one_line(notification.tech_id)
+        # Without a name, a sentence names the tech by id.
+        tech = tech_name or (f"tech {tech_id}" if tech_id else "the tech")
         return cls(
             notification=notification,
             zone=zone,
             ticket=notification.ticket_id,
             customer_name=customer_name,
             tech_name=tech_name,
+            customer_id=_one_line(notification.customer_id),
+            tech_id=tech_id,
             customer=customer_name or "the customer",
-            tech=tech_name or "the tech",
+            customer_subject=customer_name or "The customer",
+            tech=tech,
+            tech_subject=tech[0].upper() + tech[1:],
             priority=notification.priority,
             mail_due_at=mail_due,
             owed_due_at=owed_due,
@@ -180,10 +192,13 @@ class Facts:
             textwrap.fill(summary, LINE_WIDTH),
             "",
             f"Ticket:     {self.ticket} ({self.priority} priority)",
-            f"Customer:   {self.customer}",
         ]
-        if self.tech_name:
-            lines.append(f"Tech:       {self.tech_name}")
+        customer = _name_and_id(self.customer_name, self.customer_id)
+        if customer:
+            lines.append(f"Customer:   {customer}")
+        tech = _name_and_id(self.tech_name, self.tech_id)
+        if tech:
+            lines.append(f"Tech:       {tech}")
         if self.owed:
             lines.append(f"Owed:       {self.owed}")
         if self.owed_by:
@@ -200,6 +215,13 @@ class Facts:
         wrapped = [textwrap.fill(paragraph, LINE_WIDTH) for paragraph in paragraphs]
         sign_off = "Thank you,\nYour support team"
         return "\n\n".join([greeting, *wrapped, sign_off]) + "\n"
+
+
+def _name_and_id(name: str | None, person_id: str | None) -> str | None:
+    # "Kim Park (K-4)", or whichever of the two is known.
+    if name and person_id:
+        return f"{name} ({person_id})"
+    return name or person_id
 
 
 def _one_line(text: str | None) -> str | None:
@@ -261,7 +283,7 @@ def _first_contact_breach(facts: Facts) -> StaffText:
     if facts.to_ops:
         return StaffText(
             "First contact missed",
-            f"{facts.tech} has not logged first contact with {facts.customer} "
+            f"{facts.tech_subject} has not logged first contact with {facts.customer} "
             f"on ticket {facts.ticket}, and it is past due.",
             "check with the tech, or reassign the ticket.",
         )
@@ -303,13 +325,13 @@ def _reply_reminder(facts: Facts) -> StaffText:
     if facts.to_ops:
         return StaffText(
             f"Customer needs a reply{facts.due_suffix()}",
-            f"{facts.customer} sent a message on ticket {facts.ticket}, "
+            f"{facts.customer_subject} sent a message on ticket {facts.ticket}, "
             "which has no tech, and nobody has replied yet.",
             "reply to the customer, or assign a tech who can.",
         )
     return StaffText(
         f"Reply to the customer due{facts.due_suffix()}",
-        f"{facts.customer} sent a message on ticket {facts.ticket} and is "
+        f"{facts.customer_subject} sent a message on ticket {facts.ticket} and is "
         "waiting for your reply.",
         "call or email the customer before the due time and log the attempt.",
     )
@@ -325,7 +347,7 @@ def _reply_breach(facts: Facts) -> StaffText:
         )
     return StaffText(
         "Reply to the customer is overdue",
-        f"{facts.customer} is still waiting for a reply on ticket "
+        f"{facts.customer_subject} is still waiting for a reply on ticket "
         f"{facts.ticket}, and it is past due.",
         "call or email the customer now and log the attempt.",
     )
@@ -334,7 +356,7 @@ def _reply_breach(facts: Facts) -> StaffText:
 def _try_other_method(facts: Facts) -> StaffText:
     return StaffText(
         "Try another way to reach the customer",
-        f"{facts.customer} has not responded on ticket {facts.ticket} since "
+        f"{facts.customer_subject} has not responded on ticket {facts.ticket} since "
         "the last contact attempt.",
         "contact the customer by a method not tried yet, for example phone "
         "instead of email, before the due time, and log the attempt.",
@@ -344,7 +366,7 @@ def _try_other_method(facts: Facts) -> StaffText:
 def _try_all_methods(facts: Facts) -> StaffText:
     return StaffText(
         "Try every way to reach the customer",
-        f"{facts.customer} still has not responded on ticket {facts.ticket}.",
+        f"{facts.customer_subject} still has not responded on ticket {facts.ticket}.",
         "try every contact method on file for the customer once more before "
         "the due time, and log each attempt. If the customer does not "
         "answer, the ticket closes as unreachable.",
@@ -398,7 +420,7 @@ def _hours_warning(facts: Facts) -> StaffText:
 
     month = _month_name(notification.month)
     summary = (
-        f"{facts.customer} has used {usage} for {month or 'this month'}, "
+        f"{facts.customer_subject} has used {usage} for {month or 'this month'}, "
         f"counting ticket {facts.ticket}."
     )
     if month:
@@ -411,7 +433,11 @@ def _hours_warning(facts: Facts) -> StaffText:
             "tell the customer how many included hours are left before you do "
             "more work this month."
         )
-    return StaffText(f"{facts.customer}: {usage} used", summary, action)
+    if facts.customer_name:
+        subject = f"{facts.customer_name}: {usage} used"
+    else:
+        subject = f"Customer used {usage}"
+    return StaffText(subject, summary, action)
 
 
 def _month_name(month: str | None) -> str | None:

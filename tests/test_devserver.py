@@ -682,10 +682,11 @@ async def test_describe_shows_details_and_timers(service: DevService) -> None:
         [
             f"**{ticket['ticket_id']}**: claimed, high, {tech['id']}; "
             "times in America/New_York",
-            "| obligation | owner | due |\n|---|---|---|\n"
-            f"| check_in | service | {check_in_due} |\n"
-            f"| notes | {tech['id']} | {notes_due} |\n"
-            f"| try_other_method | {tech['id']} | {on_clock(ladder_due)} |",
+            # Every cell but the last ends in an em space (display.COLUMN_GAP).
+            "| obligation\u2003 | owner\u2003 | due |\n|---|---|---|\n"
+            f"| check_in\u2003 | service\u2003 | {check_in_due} |\n"
+            f"| notes\u2003 | {tech['id']}\u2003 | {notes_due} |\n"
+            f"| try_other_method\u2003 | {tech['id']}\u2003 | {on_clock(ladder_due)} |",
             "**Unreachable ladder**: step 1 of 3, try another method; "
             f"prompt {on_clock(attempted_at + timedelta(hours=24))}, "
             f"due {on_clock(ladder_due)} "

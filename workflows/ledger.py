@@ -732,9 +732,10 @@ class TicketLedger:
         ]
 
     def _notification_input(self, notification: Notification) -> NotificationInput:
-        tech_name = self.tech.name if self.tech is not None else None
+        # A mail to a tech is about that tech, who may no longer hold the ticket.
+        tech = self.tech
         if notification.recipient is not None and notification.role == "tech":
-            tech_name = notification.recipient.name
+            tech = notification.recipient
         return NotificationInput(
             ticket_id=self.ticket_id,
             sequence=notification.sequence,
@@ -745,7 +746,9 @@ class TicketLedger:
             timezone=self.zone_name,
             priority=self.priority,
             customer_name=self.customer.name,
-            tech_name=tech_name,
+            tech_name=tech.name if tech is not None else None,
+            customer_id=self.customer.id,
+            tech_id=tech.id if tech is not None else None,
             owed_kind=notification.owed_kind,
             owed_due_at=iso(notification.owed_due_at),
             hours_used=notification.hours_used,

@@ -72,7 +72,9 @@ class NotificationInput:
     """One mail to send: who gets it, what it is about and what is owed by when.
 
     ``sequence`` is the notification's index in the ticket; with the ticket id,
-    kind and role it makes the mail's stable Message-ID.
+    kind and role it makes the mail's stable Message-ID. ``customer_id`` and
+    ``tech_id`` let a mail name the customer and the tech when their names are
+    unknown; they are None in inputs scheduled before the fields existed.
     """
 
     ticket_id: str
@@ -85,6 +87,8 @@ class NotificationInput:
     priority: str
     customer_name: str | None = None
     tech_name: str | None = None
+    customer_id: str | None = None
+    tech_id: str | None = None
     owed_kind: str | None = None
     owed_due_at: str | None = None
     hours_used: float | None = None

@@ -38,7 +38,7 @@ from temporalio.converter import value_to_type
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.display import current_details
+    from workflows.display import current_details, timer_summary
     from workflows.events import (
         InvalidEvent,
         Opening,
@@ -373,11 +373,7 @@ class TicketWorkflow:
             self._timer = None
         if upcoming is not None and self._timer is None:
             when, obligation, is_reminder = upcoming
-            prefix = "reminder for " if is_reminder else ""
-            local_due = self._ledger.local_time(obligation.due_at)
-            summary = (
-                f"{prefix}{obligation.kind} of {obligation.owner}, due {local_due}"
-            )
+            summary = timer_summary(self._ledger, obligation, is_reminder=is_reminder)
             duration = max(when - workflow.now(), timedelta(milliseconds=1))
             self._timer = asyncio.create_task(workflow.sleep(duration, summary=summary))
             self._timer_due = when
