@@ -720,10 +720,10 @@ async def test_reported_update_rejection_is_kept(service: Service) -> None:
     before = await status(handle)
 
     reason = "invalid channel 'pigeon'; expected one of phone, email"
-    await handle.signal(
-        "record_rejection",
-        {"event": "contact_attempt", "event_id": "e-pigeon", "reason": reason},
-    )
+    report = {"event": "contact_attempt", "event_id": "e-pigeon", "reason": reason}
+    await handle.signal("record_rejection", report)
+    # Sent again, it is kept once.
+    await handle.signal("record_rejection", report)
     # A report that is itself bad is rejected under its own name.
     await handle.signal(
         "record_rejection", {"event": "teleport", "reason": "no", "event_id": "e-x"}

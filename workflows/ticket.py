@@ -434,6 +434,14 @@ class TicketWorkflow:
                 queued.received_at,
             )
             return error
+        # A report sent twice, say by a retrying caller, is kept once.
+        already_kept = any(
+            (kept["signal"], kept["event_id"], kept["reason"])
+            == (report.signal, report.event_id, report.reason)
+            for kept in self._ledger.rejected
+        )
+        if report.event_id is not None and already_kept:
+            return None
         self._ledger.reject(
             report.signal, report.event_id, report.reason, queued.received_at
         )
