@@ -639,4 +639,6 @@ def _describe(error: BaseException) -> str:
 
 
 def _is_mail_address(address: str) -> bool:
-    return _MAIL_ADDRESS.fullmatch(address) is not None
+    # aiosmtplib and formataddr encode addresses as ASCII, and this mailer
+    # does not ask for SMTPUTF8, so a non-ASCII address cannot be delivered.
+    return address.isascii() and _MAIL_ADDRESS.fullmatch(address) is not None

@@ -2162,6 +2162,9 @@ def test_check_foresees_ladder_closing() -> None:
     )
     rejection = ledger.receive(late, utc("2026-06-13T18:00:01"))
     assert isinstance(rejection, TicketClosed)
+    # The rejection settles nothing; the workflow advances the ledger next.
+    assert ledger.status()["state"] == "claimed"
+    ledger.advance(utc("2026-06-13T18:00:01"))
     assert ledger.status()["state"] == "closed"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,21 @@ SIGNALS = (
 MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 2000
 TICKET_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+# One "@" between two non-empty parts, with no whitespace and none of the
+# characters that separate or quote addresses in a header. The mailer marks
+# mail to any other address failed, so the portal hears of a bad address when
+# it sends it, not from a failed mail.
+MAIL_ADDRESS_PATTERN = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
+# Times outside this range are rejected. The range is generous for tickets and
+# leaves room for the deadline arithmetic, which overflows near year 9999.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+# The repr of a rejected value in a message, cut short, because a payload may
+# carry a 100 kB string or deeply nested lists.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = 60
+_SHORT_REPR.maxother = 60
 
 
 class InvalidEvent(ValueError):
@@ -143,7 +159,7 @@ def parse_event(signal: str, raw: Any) -> Event:
         InvalidEvent: the payload is not valid for ``signal``.
     """
     if signal not in SIGNALS:
-        raise InvalidEvent(f"unknown event {signal!r}; expected one of {SIGNALS}")
+        raise InvalidEvent(f"unknown event {_shown(signal)}; expected one of {SIGNALS}")
     fields = _require_object(raw, f"{signal} payload")
     event_id = _require_text(fields, "event_id", MAX_ID_LENGTH)
     occurred_at = _parse_time(fields.get("occurred_at"), "occurred_at")
@@ -198,12 +214,31 @@ def parse_rejection_report(raw: Any) -> RejectionReport:
 
 
 def event_id_of(raw: Any) -> str | None:
-    """Return the payload's event_id when it is a usable string, else None."""
-    if isinstance(raw, dict):
-        event_id = raw.get("event_id")
-        if isinstance(event_id, str) and 0 < len(event_id) <= MAX_ID_LENGTH:
-            return event_id
-    return None
+    """Return the payload's event_id when ``parse_event`` would accept it, else None.
+
+    The id goes into the record of a rejected payload, so it must pass the same
+    checks as a valid one: a NUL character, for one, cannot be stored in
+    PostgreSQL.
+    """
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return _require_text(raw, "event_id", MAX_ID_LENGTH)
+    except InvalidEvent:
+        return None
+
+
+def signal_label(name: str) -> str:
+    """Return a signal name fit for the record: as sent, or a short repr.
+
+    A name that would pass as an event_id is kept. Any other name is shortened
+    and escaped, for example one of 100 kB or one with a NUL, which PostgreSQL
+    cannot store.
+    """
+    try:
+        return _require_text({"signal": name}, "signal", MAX_ID_LENGTH)
+    except InvalidEvent:
+        return _shown(name)
 
 
 def check_event_time(
@@ -285,9 +320,20 @@ def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     if value is None:
         raise InvalidEvent(f"missing field '{name}'")
     if value not in allowed:
-        shown = repr(value)[:60]
-        raise InvalidEvent(f"invalid {name} {shown}; expected one of {list(allowed)}")
+        raise InvalidEvent(
+            f"invalid {name} {_shown(value)}; expected one of {list(allowed)}"
+        )
     return str(value)
+
+
+def _shown(value: Any) -> str:
+    """Return a short repr of a rejected value for an error message."""
+    try:
+        return _SHORT_REPR.repr(value)
+    except ValueError:
+        # Python 3.11 raises ValueError on turning an int of more than 4300
+        # digits into text.
+        return f"<{type(value).__name__} too long to show>"
 
 
 def _optional_hours(value: Any, name: str, maximum: float) -> float | None:
@@ -295,9 +341,13 @@ def _optional_hours(value: Any, name: str, maximum: float) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"field '{name}' must be a number")
-    if not math.isfinite(value) or value <= 0 or value > maximum:
+    # A JSON integer has no size limit, and math.isfinite raises OverflowError
+    # on one too large for a float.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or value <= 0 or value > maximum:
         raise InvalidEvent(
-            f"invalid {name} {value!r}: must be more than 0 and at most {maximum:g}"
+            f"invalid {name} {_shown(value)}: must be more than 0 and at most "
+            f"{maximum:g}"
         )
     return float(value)
 
@@ -316,7 +366,18 @@ def _parse_time(value: Any, name: str) -> datetime | None:
         raise InvalidEvent(
             f"invalid {name} {value!r}: the time needs an offset such as +00:00"
         )
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:00:00-05:00, for one, is past datetime.max in UTC.
+        moment = LATEST_TIME
+    if not EARLIEST_TIME <= moment < LATEST_TIME:
+        raise InvalidEvent(
+            f"invalid {name} {value!r}: must be between "
+            f"{EARLIEST_TIME.date().isoformat()} and "
+            f"{LATEST_TIME.date().isoformat()} UTC"
+        )
+    return moment
 
 
 def _parse_person(fields: dict[str, Any], label: str, email_required: bool) -> Person:
@@ -327,7 +388,7 @@ def _parse_person(fields: dict[str, Any], label: str, email_required: bool) -> P
         email: str | None = _require_text(fields, "email", 254, f"{label}.email")
     else:
         email = _optional_text(fields, "email", 254, f"{label}.email")
-    if email is not None and ("@" not in email or any(c in email for c in "\r\n ")):
+    if email is not None and not MAIL_ADDRESS_PATTERN.fullmatch(email):
         raise InvalidEvent(f"invalid {label}.email: not a mail address")
     return Person(id=person_id, name=name or None, email=email, phone=phone or None)
 
@@ -335,7 +396,8 @@ def _parse_person(fields: dict[str, Any], label: str, email_required: bool) -> P
 def _require_zone(name: str, label: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # ZoneInfo raises OSError for a folder of the zone database, such as America.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidEvent(
             f"invalid {label} {name!r}: not an IANA time zone such as America/New_York"
         ) from None

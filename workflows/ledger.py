@@ -22,6 +22,7 @@ from workflows.events import (
     Opening,
     TicketClosed,
     check_event_time,
+    signal_label,
 )
 from workflows.model import (
     HoursInput,
@@ -255,6 +256,9 @@ class TicketLedger:
             return None
         try:
             at = self._event_time(event, received_at)
+            # Checked before settling too, so that a rejected event settles
+            # nothing that a backdated event behind it could still meet.
+            self._check_allowed(event, at)
         except InvalidEvent as error:
             self.reject(event.signal, event.event_id, str(error), received_at)
             return error
@@ -262,7 +266,8 @@ class TicketLedger:
         # An event reported late still counts at its own time, but deadlines
         # that passed before it are settled first, so it is checked against
         # the ticket as it was then. An action at the due time itself is on
-        # time.
+        # time. Settling can close the ticket in a way _closes_before cannot
+        # foresee (a ladder step done by its prompt), hence the second check.
         self._settle_before(at)
         try:
             self.check(event, received_at)
@@ -294,7 +299,11 @@ class TicketLedger:
         Its event_id is not remembered, so the portal can send the event again
         once it is corrected.
         """
-        entry = {"event_id": event_id, "signal": signal, "reason": reason}
+        entry = {
+            "event_id": event_id,
+            "signal": signal_label(signal),
+            "reason": reason,
+        }
         self.rejected.append({**entry, "at": iso(received_at)})
         self._record("rejected", received_at, entry)
 
