@@ -1,0 +1,1 @@
+"""Benchmark of ticket-guard on its own local stack: ``python -m bench.run``."""
