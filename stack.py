@@ -436,7 +436,10 @@ async def start_stack(
 
     Each service must respond before the next one starts, because the worker
     needs both the server and the sink, and the UI calls the codec server.
+    The database is migrated first, because the worker refuses to start on
+    an older revision.
     """
+    await apply_migrations(args)
     codec_endpoint = None
     if settings.has_payload_keys:
         await start_codec_server(args, children)
@@ -444,6 +447,44 @@ async def start_stack(
     client = await start_temporal(args, settings, children, codec_endpoint)
     await start_mailsink(args, children)
     await start_worker(args, settings, client, children)
+
+
+async def apply_migrations(args: argparse.Namespace) -> None:
+    """Bring the worker's database to the latest revision, printing what ran.
+
+    Runs ``python -m migrations upgrade`` with the worker's environment and
+    folder, so a relative SQLite path and a .env file name the same database
+    for both. A database made before the project had migrations is stamped
+    and kept. Raises StackError if the upgrade fails.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "migrations",
+        "upgrade",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=PROJECT_DIR,
+        env=worker_environment(args),
+        # Its own session keeps the terminal's Ctrl-C away from it, so a stop
+        # requested while starting waits for the migration to finish instead
+        # of interrupting it.
+        start_new_session=True,
+    )
+    try:
+        output, _ = await process.communicate()
+    except asyncio.CancelledError:
+        # Its output is a few lines, well within the pipe's buffer.
+        await process.wait()
+        raise
+
+    text = output.decode(errors="replace").rstrip()
+    if process.returncode != 0:
+        raise StackError(
+            f"database migration failed (exit code {process.returncode}):\n{text}"
+        )
+    print(text)
 
 
 async def start_codec_server(args: argparse.Namespace, children: list[Child]) -> None:

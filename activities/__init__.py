@@ -80,10 +80,18 @@ class TicketActivities:
         self._listing_failure_logged = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TicketActivities:
-        """Build the store, with any missing tables created, and the mailer."""
+    def from_settings(
+        cls, settings: Settings, *, create_tables: bool = True
+    ) -> TicketActivities:
+        """Build the store and the mailer.
+
+        With ``create_tables`` the store creates any missing table from the
+        models, as tests and throwaway databases need. The worker passes False,
+        because the migrations made its database and it checked their revision.
+        """
         store = Store(settings.database_url)
-        store.create_tables()
+        if create_tables:
+            store.create_tables()
         return cls(
             store,
             Mailer(settings, store),

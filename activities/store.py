@@ -24,6 +24,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     UniqueConstraint,
+    collate,
     func,
     text,
 )
@@ -83,6 +84,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # PostgreSQL gets JSONB so a later status view can query inside the details.
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
+
+# Constraints are named by these patterns rather than by each database, so
+# SQLite and PostgreSQL carry the same names and a migration can refer to a
+# constraint by name. The convention is set before the tables below are
+# declared, because SQLAlchemy names a constraint when it joins its table.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 
 # Customers as the portal last described them.
@@ -203,6 +217,18 @@ class MailRecord:
 
 
 @dataclass(frozen=True)
+class DueObligation:
+    """An open obligation of a ticket, as its latest record entry describes it."""
+
+    ticket_id: str
+    # The obligation's number within its ticket.
+    sequence: int
+    kind: str
+    owner: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
 class RecordLine:
     """One entry of a ticket's record, as the read helpers return it."""
 
@@ -227,6 +253,28 @@ def parse_time(value: str, *, field_name: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def database_engine(database_url: str, **options: Any) -> Engine:
+    """Create an engine for a SQLite or PostgreSQL URL, passing on ``options``.
+
+    Creates the folder of a SQLite file if it is missing. Raises ValueError
+    for any other database.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"unsupported database {url.get_backend_name()!r}: "
+            "use a sqlite:// or postgresql+psycopg:// URL"
+        )
+    if url.get_backend_name() == "sqlite" and url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        # The default URL points into var/, which a fresh checkout lacks.
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(url, **options)
+
+
 class Store:
     """Reads and writes the ticket database.
 
@@ -235,25 +283,17 @@ class Store:
     """
 
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise ValueError(
-                f"unsupported database {url.get_backend_name()!r}: "
-                "use a sqlite:// or postgresql+psycopg:// URL"
-            )
-        if url.get_backend_name() == "sqlite" and url.database not in (
-            None,
-            "",
-            ":memory:",
-        ):
-            # The default URL points into var/, which a fresh checkout lacks.
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
-        self._dialect = url.get_backend_name()
+        self.engine: Engine = database_engine(database_url, pool_pre_ping=True)
+        self._dialect = self.engine.dialect.name
 
     def create_tables(self) -> None:
-        """Create the missing tables; existing tables are left unchanged."""
+        """Create the tables that are missing, from the models.
+
+        Existing tables stay as they are. Meant for tests and throwaway
+        databases, because a deployed database gets its tables from the
+        migrations (``python -m migrations upgrade``), which make the same
+        schema.
+        """
         SQLModel.metadata.create_all(self.engine)
 
     def dispose(self) -> None:
@@ -482,6 +522,60 @@ class Store:
         )
         with Session(self.engine) as session:
             return [_mail_record(mail) for mail in session.exec(query)]
+
+    def open_obligations_due_before(self, moment: datetime) -> list[DueObligation]:
+        """Return the obligations still open whose due time is before ``moment``.
+
+        An obligation's state is the latest ``obligation`` entry about it in its
+        ticket's record, so one met or breached since is not returned. They come
+        ordered by due time, ticket id and obligation number.
+        Raises InvalidInput when ``moment`` has no UTC offset.
+        """
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise InvalidInput(f"moment {moment.isoformat()} has no UTC offset")
+
+        record = SQLModel.metadata.tables[TicketRecordEntry.__tablename__]
+        entry = record.alias("entry")
+        later = record.alias("later")
+        number = entry.c.details["sequence"].as_integer()
+        superseded = (
+            select(later.c.id)
+            .where(
+                later.c.ticket_id == entry.c.ticket_id,
+                later.c.entry_type == "obligation",
+                later.c.details["sequence"].as_integer() == number,
+                later.c.sequence > entry.c.sequence,
+            )
+            .exists()
+        )
+        # The ledger writes due_at in UTC with a "+00:00" offset, and ISO 8601
+        # texts in one offset sort like the times they name when compared byte
+        # by byte. PostgreSQL compares text by the database's collation, which
+        # may ignore punctuation (ICU's en-US does), so "C" is set here.
+        due_at: Any = entry.c.details["due_at"].as_string()
+        if self._dialect == "postgresql":
+            due_at = collate(due_at, "C")
+        query = (
+            select(entry.c.ticket_id, entry.c.details)
+            .where(
+                entry.c.entry_type == "obligation",
+                entry.c.details["status"].as_string() == "open",
+                due_at < moment.astimezone(UTC).isoformat(),
+                ~superseded,
+            )
+            .order_by(due_at, entry.c.ticket_id, number)
+        )
+        with self.engine.connect() as connection:
+            return [
+                DueObligation(
+                    ticket_id=row.ticket_id,
+                    sequence=row.details["sequence"],
+                    kind=row.details["kind"],
+                    owner=row.details["owner"],
+                    due_at=parse_time(row.details["due_at"], field_name="due_at"),
+                )
+                for row in connection.execute(query)
+            ]
 
     def ticket(self, ticket_id: str) -> Ticket | None:
         """Return the ticket's current row, or None if it was never recorded."""

@@ -46,6 +46,7 @@ from temporalio.service import RPCError
 
 from activities.store import Store
 from mailsink import MailSink
+from migrations import upgrade
 from stack import SEARCH_ATTRIBUTES, temporal_responds
 from tests.binaries import dev_server_path, free_port
 from tests.faultresult import ScenarioResult
@@ -434,6 +435,8 @@ class LocalStack:
             await self.sink.start()
             await self.server.start()
             self._client = await Client.connect(self.server.address)
+            # The worker starts only on a database at the latest revision.
+            await asyncio.to_thread(upgrade, self.database_url)
             await self.start_worker()
         except BaseException:
             await self._stop()

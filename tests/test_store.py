@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from activities.store import InvalidInput, Store
+from activities.store import DueObligation, InvalidInput, Store
 from workflows.model import HoursInput, Person, RecordEntry, RecordInput
 
 CUSTOMER = Person(
@@ -46,6 +46,34 @@ def entry(
 ) -> RecordEntry:
     return RecordEntry(
         sequence=sequence, entry_type="event", at=at, details={"n": sequence, **details}
+    )
+
+
+def obligation(
+    sequence: int,
+    number: int,
+    kind: str,
+    due_at: str,
+    *,
+    status: str = "open",
+    change: str = "opened",
+    owner: str = "K-4",
+) -> RecordEntry:
+    """A record entry about obligation ``number``, shaped as the ledger writes it."""
+    return RecordEntry(
+        sequence=sequence,
+        entry_type="obligation",
+        at="2026-06-10T12:00:00+00:00",
+        details={
+            "change": change,
+            "sequence": number,
+            "kind": kind,
+            "owner": owner,
+            "opened_at": "2026-06-10T12:00:00+00:00",
+            "due_at": due_at,
+            "status": status,
+            "ended_at": None if status == "open" else "2026-06-10T13:00:00+00:00",
+        },
     )
 
 
@@ -376,3 +404,111 @@ def test_log_hours_concurrent_tickets_claim_once(database_url: str) -> None:
             opened.dispose()
 
     assert sorted(results) == [[], [0.8]]
+
+
+def test_due_obligations_before_now(store: Store) -> None:
+    # Due times a microsecond apart around "now" (15:00:00.25 UTC, given in
+    # New York time), entries that supersede others, and a batch whose newer
+    # entry was stored first.
+    store.record(
+        ticket_changes(
+            [
+                obligation(1, 1, "claim", "2026-06-10T14:00:00+00:00"),
+                obligation(2, 1, "claim", "2026-06-10T14:00:00+00:00", status="met"),
+                obligation(3, 2, "first_contact", "2026-06-10T15:00:00+00:00"),
+            ],
+            ticket_id="T-1",
+        )
+    )
+    store.record(
+        ticket_changes(
+            [
+                obligation(1, 1, "notes", "2026-06-10T14:59:59.500000+00:00"),
+                obligation(
+                    2,
+                    1,
+                    "notes",
+                    "2026-06-10T14:59:59.500000+00:00",
+                    change="owner_changed",
+                    owner="K-7",
+                ),
+                obligation(3, 2, "reply", "2026-06-10T15:00:00.250000+00:00"),
+                obligation(4, 3, "reply", "2026-06-10T15:00:00.249999+00:00"),
+            ],
+            ticket_id="T-2",
+        )
+    )
+    store.record(
+        ticket_changes(
+            [
+                obligation(1, 1, "check_in", "2026-06-10T15:00:01+00:00"),
+                obligation(
+                    2, 2, "notes", "2026-06-10T13:00:00+00:00", status="breached"
+                ),
+            ],
+            ticket_id="T-3",
+        )
+    )
+    store.record(
+        ticket_changes(
+            [obligation(2, 1, "claim", "2026-06-10T09:00:00+00:00", status="met")],
+            ticket_id="T-4",
+        )
+    )
+    store.record(
+        ticket_changes(
+            [obligation(1, 1, "claim", "2026-06-10T09:00:00+00:00")], ticket_id="T-4"
+        )
+    )
+
+    now = datetime.fromisoformat("2026-06-10T11:00:00.250000-04:00")
+    due = store.open_obligations_due_before(now)
+
+    assert due == [
+        DueObligation(
+            ticket_id="T-2",
+            sequence=1,
+            kind="notes",
+            owner="K-7",
+            due_at=datetime(2026, 6, 10, 14, 59, 59, 500000, tzinfo=UTC),
+        ),
+        DueObligation(
+            ticket_id="T-1",
+            sequence=2,
+            kind="first_contact",
+            owner="K-4",
+            due_at=datetime(2026, 6, 10, 15, 0, tzinfo=UTC),
+        ),
+        DueObligation(
+            ticket_id="T-2",
+            sequence=3,
+            kind="reply",
+            owner="K-4",
+            due_at=datetime(2026, 6, 10, 15, 0, 0, 249999, tzinfo=UTC),
+        ),
+    ]
+    assert all(item.due_at.tzinfo == UTC for item in due)
+
+
+def test_due_obligations_bound_is_exclusive(store: Store) -> None:
+    store.record(
+        ticket_changes(
+            [obligation(1, 1, "claim", "2026-06-10T14:00:00+00:00")], ticket_id="T-1"
+        )
+    )
+
+    assert (
+        store.open_obligations_due_before(datetime(2026, 6, 10, 14, 0, tzinfo=UTC))
+        == []
+    )
+    assert [
+        item.ticket_id
+        for item in store.open_obligations_due_before(
+            datetime(2026, 6, 10, 14, 0, 0, 1, tzinfo=UTC)
+        )
+    ] == ["T-1"]
+
+
+def test_due_obligations_reject_naive_time(store: Store) -> None:
+    with pytest.raises(InvalidInput, match="has no UTC offset"):
+        store.open_obligations_due_before(datetime(2026, 6, 10, 15, 0))
