@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
@@ -104,6 +105,52 @@ class Settings(BaseSettings):
     payload_decryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list
     )
+
+    # Metrics and logs of the worker.
+    # TCP port of the worker's Prometheus endpoint, /metrics. Unset means no
+    # endpoint, so that several workers on one host need no port each.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # IP address the endpoint listens on. Use 0.0.0.0 in a container, so
+    # that Prometheus can reach it from outside.
+    metrics_address: str = "127.0.0.1"
+    # "text" writes key=value lines for people. "json" writes one JSON object
+    # per line for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_means_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_metrics_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "not an IP address such as 127.0.0.1, or 0.0.0.0 for every interface"
+            ) from None
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lowercase_log_format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower()
+        return value
+
+    @property
+    def metrics_bind_address(self) -> str | None:
+        """The ``host:port`` the Prometheus endpoint binds, or None without a port."""
+        if self.metrics_port is None:
+            return None
+        host = self.metrics_address
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+        return f"{host}:{self.metrics_port}"
 
     @field_validator(
         "smtp_username",

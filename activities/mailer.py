@@ -81,6 +81,10 @@ _LINE_START_DOT = re.compile(rb"(?m)^\.")
 # The detail of a mail whose final dot is about to go out.
 _NO_REPLY_YET = "the attempt ended before the reply to the message data was read"
 
+# Counter of mails by outcome, on the worker's metrics endpoint, labelled
+# with the mail's kind and role and a status of sent, failed or unconfirmed.
+MAILS_SENT_METRIC = "ticket_guard_mails_sent"
+
 
 class MailDeliveryDelayed(Exception):
     """A temporary SMTP failure: the activity should retry later."""
@@ -155,6 +159,21 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
     if activity.in_activity():
         return activity.logger
     return logger
+
+
+def _count_mail(mail: _Mail, status: str) -> None:
+    """Count one mail in MAILS_SENT_METRIC, unless called outside an activity.
+
+    The activity's metric meter adds the namespace, task queue and activity
+    type as labels.
+    """
+    if not activity.in_activity():
+        return
+    counter = activity.metric_meter().create_counter(
+        MAILS_SENT_METRIC,
+        "Notification and report mails, by kind, role and outcome",
+    )
+    counter.add(1, {"kind": mail.kind, "role": mail.role, "status": status})
 
 
 @dataclass(frozen=True)
@@ -337,6 +356,7 @@ class Mailer:
         except _Unconfirmed as unconfirmed:
             reason = f"no reply to the message data: {unconfirmed}"
             await self._record(mail, "unconfirmed", reason)
+            _count_mail(mail, "unconfirmed")
             _logger().warning(
                 "Mail delivery unconfirmed, will not send again",
                 extra={**mail.log_fields(), "reason": redact_addresses(reason)},
@@ -347,6 +367,7 @@ class Mailer:
             raise MailDeliveryUnconfirmed(f"unconfirmed: {reason}") from unconfirmed
 
         await self._record_sent(mail)
+        _count_mail(mail, "sent")
         _logger().info("Mail sent", extra=mail.log_fields())
         return NotificationResult("sent", mail.message_id)
 
@@ -373,6 +394,7 @@ class Mailer:
 
     async def _fail(self, mail: _Mail, reason: str) -> NotificationResult:
         await self._record(mail, "failed", reason)
+        _count_mail(mail, "failed")
         extra = {**mail.log_fields(), "reason": redact_addresses(reason)}
         if mail.role == "ops":
             # A failed mail to ops is only logged, at error level, because a report

@@ -77,6 +77,11 @@ UNLIMITED_RETRY = RetryPolicy(
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
 
+# Counter of breached obligations on the worker's metrics endpoint, labelled
+# with the obligation's kind (claim, first_contact, notes, reply,
+# try_other_method, try_all_methods).
+BREACHES_METRIC = "ticket_guard_breaches"
+
 # ApplicationError types of a rejected or failed Update, for callers to match.
 INVALID_EVENT = "InvalidEvent"
 TICKET_CLOSED = "TicketClosed"
@@ -168,6 +173,9 @@ class TicketWorkflow:
         self._continuing = False
         self._continued_runs = 0
         self._carried_failure: str | None = None
+        # Sequences of the breached obligations already counted in
+        # BREACHES_METRIC, so that each breach is counted once.
+        self._counted_breaches: set[int] = set()
         if carried is not None:
             # Restored here rather than in run, so an Update validator that
             # runs before run begins already checks against the ledger.
@@ -184,6 +192,10 @@ class TicketWorkflow:
         self._ledger = ledger
         self._defaults = restored.defaults
         self._continued_runs = restored.continued_runs
+        # The previous run counted these.
+        self._counted_breaches = {
+            o.sequence for o in ledger.obligations if o.status == "breached"
+        }
 
     @workflow.run
     async def run(self, opening: Any = None, carried: Any = None) -> dict[str, Any]:
@@ -214,6 +226,7 @@ class TicketWorkflow:
             self._woken = False
             self._apply_inbox()
             self._ledger.advance(workflow.now())
+            self._count_new_breaches()
             # Before the first await, so the UI and list queries show an
             # applied event in the same workflow task that completes its Update.
             self._publish()
@@ -323,6 +336,7 @@ class TicketWorkflow:
         # runs the task again, and the signal handlers queue that event first.
         self._apply_inbox()
         self._ledger.advance(workflow.now())
+        self._count_new_breaches()
         self._publish()
         # The Updates whose events were just applied return in this same
         # workflow task, so their callers get the status from this run.
@@ -387,6 +401,27 @@ class TicketWorkflow:
                 or (self._continuing and not self._sending)
             )
         )
+
+    def _count_new_breaches(self) -> None:
+        """Add each newly breached obligation to BREACHES_METRIC.
+
+        The SDK's workflow metric meter records nothing while the workflow
+        replays, so a worker that replays a history counts no breach again.
+        NOTE: a workflow task that fails or times out after counting, as on a
+        worker killed mid-task, is run again as new work, so its breaches are
+        counted a second time.
+        """
+        assert self._ledger is not None
+        for obligation in self._ledger.obligations:
+            if obligation.status != "breached":
+                continue
+            if obligation.sequence in self._counted_breaches:
+                continue
+            self._counted_breaches.add(obligation.sequence)
+            counter = workflow.metric_meter().create_counter(
+                BREACHES_METRIC, "Breached ticket obligations, by kind"
+            )
+            counter.add(1, {"kind": obligation.kind})
 
     def _apply_inbox(self) -> None:
         assert self._ledger is not None
