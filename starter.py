@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -1470,7 +1470,108 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object with each ticket's timeline, mails and status",
     )
+
+    history = commands.add_parser(
+        "history",
+        help="print a ticket's whole story from the database, in local time",
+        description=(
+            "Print every event, obligation and mail of a ticket, and the events "
+            "it rejected, with times on the customer's local clock. Reads the "
+            "ticket database (DATABASE_URL) only, so Temporal need not run."
+        ),
+    )
+    history.add_argument("ticket_id", metavar="TICKET_ID", type=ticket_id_arg)
+    history.add_argument(
+        "--csv", type=Path, metavar="FILE", help="also write the story as CSV"
+    )
+    history.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write it as a self-contained HTML page with a timeline chart",
+    )
+
+    compliance = commands.add_parser(
+        "compliance",
+        help="show per tech how often deadlines were kept over a date range",
+        description=(
+            "Show per tech the tickets claimed, the share of first contacts, "
+            "notes and replies on time, the median delay to first contact, the "
+            "breaches by kind and the tickets closed unreachable, for the "
+            "obligations due in the range. Days are read on the DEFAULT_TIMEZONE "
+            "clock. The tech who misses first contact most comes first. Reads "
+            "the ticket database (DATABASE_URL) only."
+        ),
+    )
+    compliance.add_argument(
+        "--from",
+        dest="first_day",
+        type=day_arg,
+        required=True,
+        metavar="DATE",
+        help="first day of the range, YYYY-MM-DD",
+    )
+    compliance.add_argument(
+        "--to",
+        dest="last_day",
+        type=day_arg,
+        required=True,
+        metavar="DATE",
+        help="last day of the range, YYYY-MM-DD, included",
+    )
+    compliance.add_argument("--tech", metavar="ID", help="show this tech only")
+    compliance.add_argument(
+        "--csv", type=Path, metavar="FILE", help="also write one CSV row per tech"
+    )
+    compliance.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write a self-contained HTML page with a chart per measure",
+    )
+
+    hours = commands.add_parser(
+        "hours",
+        help="show subscription hours included, used and left in a month",
+        description=(
+            "Show a customer's included, used and remaining hours in one of "
+            "their local calendar months, the tickets the hours went to and "
+            "the warnings sent. Without CUSTOMER, show one line per "
+            "subscription customer. Reads the ticket database (DATABASE_URL) only."
+        ),
+    )
+    hours.add_argument(
+        "customer_id",
+        metavar="CUSTOMER",
+        nargs="?",
+        help="customer id, as on the customer's tickets (default: every "
+        "subscription customer)",
+    )
+    hours.add_argument(
+        "--month",
+        type=month_arg,
+        help="month as YYYY-MM (default: the current month, on the customer's "
+        "clock, or on the DEFAULT_TIMEZONE clock without CUSTOMER)",
+    )
     return parser
+
+
+def day_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid date {text!r}: write it as YYYY-MM-DD"
+        ) from None
+
+
+def month_arg(text: str) -> str:
+    try:
+        return datetime.strptime(text, "%Y-%m").strftime("%Y-%m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid month {text!r}: write it as YYYY-MM, such as 2026-03"
+        ) from None
 
 
 def _add_event_command(
@@ -1589,6 +1690,12 @@ OPENING_OPTIONS = (
 
 
 async def run_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.command == "history":
+        return run_history(args, settings, out)
+    if args.command == "compliance":
+        return run_compliance(args, settings, out)
+    if args.command == "hours":
+        return run_hours(args, settings, out)
     if args.command == "simulate":
         return await run_simulate(args, out)
     if args.command == "replay":
@@ -1653,6 +1760,60 @@ async def run_command(args: argparse.Namespace, settings: Settings, out: TextIO)
     except (TicketNotFound, TicketClosed) as error:
         raise StarterError(str(error)) from None
     print(f"sent {signal} to ticket {args.ticket_id} (event {event_id})", file=out)
+    return 0
+
+
+def run_history(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    # Imported here because matplotlib slows the start of every other command.
+    from reports.story import StoryError, write_story
+
+    try:
+        write_story(
+            settings.database_url,
+            args.ticket_id,
+            out,
+            csv_path=args.csv,
+            html_path=args.html,
+        )
+    except StoryError as error:
+        raise StarterError(str(error)) from None
+    return 0
+
+
+def run_compliance(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    # Imported here because matplotlib slows the start of every other command.
+    from reports.compliance import ComplianceError, ReportRange, write_compliance
+
+    report_range = ReportRange(
+        args.first_day, args.last_day, ZoneInfo(settings.default_timezone)
+    )
+    try:
+        write_compliance(
+            settings.database_url,
+            report_range,
+            out,
+            tech_id=args.tech,
+            csv_path=args.csv,
+            html_path=args.html,
+        )
+    except ComplianceError as error:
+        raise StarterError(str(error)) from None
+    return 0
+
+
+def run_hours(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from reports.hours import HoursError, write_hours
+
+    try:
+        write_hours(
+            settings.database_url,
+            out,
+            customer_id=args.customer_id,
+            month=args.month,
+            default_timezone=settings.default_timezone,
+        )
+    except HoursError as error:
+        raise StarterError(str(error)) from None
     return 0
 
 

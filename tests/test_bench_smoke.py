@@ -47,6 +47,10 @@ EXPECTED_KEYS = {
     "skipped.ladder_with_server",
     "history.typical",
     "history.unreachable-ladder.jsonl",
+    "reports.compliance_year",
+    "reports.compliance_year_files",
+    "reports.hours_all_customers",
+    "reports.hours_customer",
 }
 # Figures compared with the bare workflow's.
 RATIO_KEYS = {
