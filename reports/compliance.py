@@ -60,6 +60,7 @@ from sqlmodel import col
 from activities.store import Tech, Ticket, TicketRecordEntry
 from reports import html
 from reports.charts import bar_chart, stacked_bar_chart
+from reports.output import write_outputs
 from reports.story import StoryError, open_database
 from workflows.ledger import OPS, SERVICE
 from workflows.policy import DEFAULT_POLICY, first_contact_clock_start
@@ -738,24 +739,13 @@ def write_compliance(
     finally:
         engine.dispose()
 
-    out.write(render_text(report) + "\n")
-    written = []
-    if csv_path is not None:
-        with _open_for_writing(csv_path, newline="") as file:
-            count = write_csv(report, file)
-        written.append(f"Wrote {csv_path} ({count} rows).")
-    if html_path is not None:
-        page = render_html(report)
-        with _open_for_writing(html_path) as file:
-            file.write(page)
-        written.append(f"Wrote {html_path}.")
-    if written:
-        out.write("\n" + "\n".join(written) + "\n")
+    write_outputs(
+        out,
+        render_text(report),
+        csv_path=csv_path,
+        write_csv=lambda file: write_csv(report, file),
+        html_path=html_path,
+        render_html=lambda: render_html(report),
+        error_type=ComplianceError,
+    )
     return report
-
-
-def _open_for_writing(path: Path, newline: str | None = None) -> TextIO:
-    try:
-        return path.open("w", encoding="utf-8", newline=newline)
-    except OSError as error:
-        raise ComplianceError(f"cannot write {path}: {error.strerror}") from None

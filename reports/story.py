@@ -61,6 +61,7 @@ from activities.store import (
     database_engine,
 )
 from reports import html
+from reports.output import write_outputs
 from workflows.ledger import SERVICE
 
 CSV_COLUMNS = ("time_utc", "time_local", "type", "kind", "who", "status", "detail")
@@ -993,24 +994,13 @@ def write_story(
     finally:
         engine.dispose()
 
-    out.write(render_text(story) + "\n")
-    written = []
-    if csv_path is not None:
-        with _open_for_writing(csv_path, newline="") as file:
-            count = write_csv(story, file)
-        written.append(f"Wrote {csv_path} ({count} rows).")
-    if html_path is not None:
-        page = render_html(story)
-        with _open_for_writing(html_path) as file:
-            file.write(page)
-        written.append(f"Wrote {html_path}.")
-    if written:
-        out.write("\n" + "\n".join(written) + "\n")
+    write_outputs(
+        out,
+        render_text(story),
+        csv_path=csv_path,
+        write_csv=lambda file: write_csv(story, file),
+        html_path=html_path,
+        render_html=lambda: render_html(story),
+        error_type=StoryError,
+    )
     return story
-
-
-def _open_for_writing(path: Path, newline: str | None = None) -> TextIO:
-    try:
-        return path.open("w", encoding="utf-8", newline=newline)
-    except OSError as error:
-        raise StoryError(f"writing {path} failed: {error.strerror}") from None
