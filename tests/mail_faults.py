@@ -41,7 +41,13 @@ from mailsink import MailSink, message_id_of
 from settings import Settings
 from tests.binaries import time_skipping_server_path
 from tests.faultresult import ScenarioResult
-from tests.restarts import MAIL_DOMAIN, OPS_EMAIL, LocalStack, ScenarioError
+from tests.restarts import (
+    MAIL_DOMAIN,
+    OPS_EMAIL,
+    LocalStack,
+    ScenarioError,
+    opening,
+)
 from worker import create_worker
 from workflows.model import SEND_ACTIVITY, NotificationInput
 
@@ -93,40 +99,15 @@ class MailFaultResult(ScenarioResult):
 # Tickets
 
 
-def claimed_opening(ticket_id: str, opened_at: datetime) -> dict[str, Any]:
-    """Return a high-priority ticket claimed at its opening.
-
-    High priority keeps the quiet window out of every due time, whatever the
-    hour. Each address is the ticket's own, so mail is easy to tell apart.
-    """
-    tag = ticket_id.lower()
-    return {
-        "ticket_id": ticket_id,
-        "opened_at": opened_at.isoformat(),
-        "priority": "high",
-        "source": "portal",
-        "customer": {
-            "id": f"C-{ticket_id}",
-            "name": "Dana Reyes",
-            "email": f"dana-{tag}@customer.test",
-            "phone": "+1 555 0100",
-            "timezone": "America/New_York",
-            "included_hours_per_month": None,
-        },
-        "tech": {"id": "K-4", "name": "Kim Park", "email": f"kim-{tag}@techs.test"},
-        "claimed_at": opened_at.isoformat(),
-    }
-
-
 async def start_tickets(
     client: Client, task_queue: str, openings: Sequence[dict[str, Any]]
 ) -> list[WorkflowHandle[Any, Any]]:
     handles = []
-    for opening in openings:
+    for ticket in openings:
         handle: WorkflowHandle[Any, Any] = await client.start_workflow(
             "TicketWorkflow",
-            opening,
-            id=f"ticket-{opening['ticket_id']}",
+            ticket,
+            id=f"ticket-{ticket['ticket_id']}",
             task_queue=task_queue,
         )
         handles.append(handle)
@@ -395,7 +376,7 @@ class SkippingStack:
     async def open_claimed_tickets(self, count: int) -> datetime:
         """Open ``count`` tickets claimed now and return their opening time."""
         opened_at = await self.now()
-        openings = [claimed_opening(new_ticket_id(), opened_at) for _ in range(count)]
+        openings = [opening(new_ticket_id(), opened_at) for _ in range(count)]
         self.handles += await start_tickets(
             self.env.client, self.settings.temporal_task_queue, openings
         )
@@ -579,9 +560,7 @@ async def run_worker_killed_mid_send(workdir: Path) -> MailFaultResult:
         client = stack.client
         sink = stack.sink
         opened_at = datetime.now(UTC)
-        openings = [
-            claimed_opening(new_ticket_id(), opened_at) for _ in range(2 * per_group)
-        ]
+        openings = [opening(new_ticket_id(), opened_at) for _ in range(2 * per_group)]
         handles = await start_tickets(client, stack.task_queue, openings)
         after_dot, before_dot = handles[:per_group], handles[per_group:]
 

@@ -21,13 +21,11 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import (
     EventType,
-    PendingActivityState,
     WorkflowTaskFailedCause,
 )
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
@@ -46,6 +44,7 @@ from activities.store import Store
 from mailsink import MailSink
 from settings import load_settings
 from tests.binaries import dev_server_path, time_skipping_server_path
+from tests.test_devserver import wait_idle
 from tests.test_workflow import (
     NEW_YORK,
     TECH_K4,
@@ -72,8 +71,6 @@ from workflows.ticket import TicketWorkflow
 
 # Signals sent at once, as concurrent calls on the client's one gRPC channel.
 SIGNALS_AT_ONCE = 250
-# Real seconds the dev server test waits for the worker to catch up.
-WAIT_SECONDS = 5.0
 
 
 # A fresh server per test, as in test_workflow.py: a ticket terminated under
@@ -543,27 +540,6 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     async with environment:
         yield environment
-
-
-async def wait_idle(handle: WorkflowHandle[Any, Any]) -> None:
-    """Wait until the current run has no workflow task and no activity running."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while loop.time() < deadline:
-        described = await handle.describe()
-        if described.status != WorkflowExecutionStatus.RUNNING:
-            return
-        description = described.raw_description
-        running = [
-            activity
-            for activity in description.pending_activities
-            if activity.state != PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
-            or activity.attempt == 1
-        ]
-        if not running and not description.HasField("pending_workflow_task"):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{handle.id} still busy after {WAIT_SECONDS} s")
 
 
 def upserts(history: WorkflowHistory) -> int:
