@@ -430,7 +430,7 @@ class _Reader:
         # The ledger writes due_at in UTC with a "+00:00" offset, and such
         # texts sort like the times they name when compared byte by byte.
         # PostgreSQL compares text by the database's collation, which may
-        # ignore punctuation, so the comparison asks for collation "C".
+        # ignore punctuation, so the comparison uses the collation "C".
         due_at: Any = _detail("due_at")
         if self.dialect == "postgresql":
             due_at = collate(due_at, "C")

@@ -320,7 +320,7 @@ async def test_bad_update_leaves_history_unchanged(service: DevService) -> None:
         error = update_error(raised)
         assert error.type == "InvalidEvent", update_name
         assert reason in error.message, update_name
-        # The caller is told to report the rejection for the ticket's record.
+        # The details say the ticket's record does not contain it yet.
         assert list(error.details) == [{"recorded": False}], update_name
 
     assert await history_length(handle) == length_before

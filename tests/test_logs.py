@@ -367,7 +367,7 @@ def test_configure_text_keeps_sdk_details_on_message() -> None:
 
 
 class JsonLogStack(LocalStack):
-    """The local stack with a worker that logs JSON and holds every kind of secret."""
+    """The local stack with a worker that logs JSON and has every kind of secret."""
 
     def __init__(self, workdir: Path, database_url: str, payload_key: str) -> None:
         super().__init__(workdir, database_url)

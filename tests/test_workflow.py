@@ -739,13 +739,13 @@ async def test_reported_update_rejection_is_kept(service: Service) -> None:
     ]
     assert {**current, "rejected": []} == {**before, "rejected": []}
     record = service.activities.store.ticket_record(ticket["ticket_id"])
-    kept = [entry.details for entry in record if entry.entry_type == "rejected"]
-    assert kept[0] == {
+    rejected = [entry.details for entry in record if entry.entry_type == "rejected"]
+    assert rejected[0] == {
         "event_id": "e-pigeon",
         "signal": "contact_attempt",
         "reason": reason,
     }
-    assert len(kept) == 2
+    assert len(rejected) == 2
     await assert_no_task_failures(handle)
 
 

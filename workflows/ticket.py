@@ -132,8 +132,8 @@ RECORD_REJECTION = "record_rejection"
 def rejection_error(error: InvalidEvent, *, recorded: bool) -> ApplicationError:
     """Return the ApplicationError that fails an Update with the rejection's reason.
 
-    ``recorded`` tells the caller whether the ticket's record already keeps the
-    rejection; when False, the caller reports it with ``record_rejection``.
+    ``recorded`` is True when the ticket's record already contains the
+    rejection. When it is False, the caller reports it with ``record_rejection``.
     """
     error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
     # Sending the same event again gives the same result, so callers should
@@ -470,12 +470,12 @@ class TicketWorkflow:
             )
             return error
         # A report sent twice, say by a retrying caller, is kept once.
-        already_kept = any(
-            (kept["signal"], kept["event_id"], kept["reason"])
+        already_recorded = any(
+            (entry["signal"], entry["event_id"], entry["reason"])
             == (report.signal, report.event_id, report.reason)
-            for kept in self._ledger.rejected
+            for entry in self._ledger.rejected
         )
-        if report.event_id is not None and already_kept:
+        if report.event_id is not None and already_recorded:
             return None
         self._ledger.reject(
             report.signal, report.event_id, report.reason, queued.received_at
