@@ -24,11 +24,8 @@ attributes to the next run, which upserts only the values that change. The
 static summary and details given at the start are not copied.
 """
 
-from __future__ import annotations
-
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -42,11 +39,21 @@ with workflow.unsafe.imports_passed_through():
     from workflows.events import (
         InvalidEvent,
         Opening,
-        TicketClosed,
         event_id_of,
         parse_event,
         parse_opening,
         parse_rejection_report,
+    )
+    from workflows.inbox import (
+        INVALID_CARRIED_TICKET,
+        INVALID_TICKET_INPUT,
+        RECORD_REJECTION,
+        TICKET_CLOSED,
+        TICKET_STARTING,
+        QueuedEvent,
+        SeveralInputs,
+        one_input,
+        rejection_error,
     )
     from workflows.ledger import TicketLedger
     from workflows.model import (
@@ -76,71 +83,13 @@ UNLIMITED_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
+# Patch id of storing the record with a local activity instead of an activity.
+RECORD_LOCALLY = "record-locally"
 
 # Counter of breached obligations on the worker's metrics endpoint, labelled
 # with the obligation's kind (claim, first_contact, notes, reply,
 # try_other_method, try_all_methods).
 BREACHES_METRIC = "ticket_guard_breaches"
-
-# ApplicationError types of a rejected or failed Update, for callers to match.
-INVALID_EVENT = "InvalidEvent"
-TICKET_CLOSED = "TicketClosed"
-TICKET_STARTING = "TicketStarting"
-INVALID_TICKET_INPUT = "InvalidTicketInput"
-INVALID_CARRIED_TICKET = "InvalidCarriedTicket"
-
-
-@dataclass
-class QueuedEvent:
-    """An event payload as a signal or Update handler received it."""
-
-    sequence: int
-    signal: str
-    payload: Any
-    received_at: datetime
-    # Set for an Update, whose handler waits for the outcome.
-    from_update: bool = False
-
-
-@dataclass(frozen=True)
-class SeveralInputs:
-    """Stands for the input of a signal or Update sent with more than one value."""
-
-    count: int
-
-    def rejection(self) -> InvalidEvent:
-        return InvalidEvent(
-            f"expected one JSON object as the input, got {self.count} values"
-        )
-
-
-def one_input(payloads: tuple[Any, ...]) -> Any:
-    """Return a handler's single input, None for none, ``SeveralInputs`` for more.
-
-    Handlers take any number of values, because a call with two (say, the CLI
-    given ``--input`` twice) would otherwise fail every workflow task.
-    """
-    if len(payloads) > 1:
-        return SeveralInputs(len(payloads))
-    return payloads[0] if payloads else None
-
-
-# The signal that reports an Update rejected by its validator.
-RECORD_REJECTION = "record_rejection"
-
-
-def rejection_error(error: InvalidEvent, *, recorded: bool) -> ApplicationError:
-    """Return the ApplicationError that fails an Update with the rejection's reason.
-
-    ``recorded`` is True when the ticket's record already contains the
-    rejection. When it is False, the caller reports it with ``record_rejection``.
-    """
-    error_type = TICKET_CLOSED if isinstance(error, TicketClosed) else INVALID_EVENT
-    # Sending the same event again gives the same result, so callers should
-    # not retry it.
-    return ApplicationError(
-        str(error), {"recorded": recorded}, type=error_type, non_retryable=True
-    )
 
 
 @workflow.defn(name="TicketWorkflow")
@@ -171,6 +120,8 @@ class TicketWorkflow:
         # Set once the history is long enough. The run then continues as new
         # at the next pass of its loop with no mail being sent.
         self._continuing = False
+        # Whether the first record of the run is stored with a local activity.
+        self._first_record_local = False
         self._continued_runs = 0
         self._carried_failure: str | None = None
         # Sequences of the breached obligations already counted in
@@ -221,6 +172,10 @@ class TicketWorkflow:
         else:
             await self._take_over_run(parsed.ticket_id)
         assert self._ledger is not None
+        # The record of a new ticket is stored within its first workflow task.
+        # Runs that started before this change, whose histories hold an
+        # activity there, keep it.
+        self._first_record_local = carried is None and workflow.patched(RECORD_LOCALLY)
 
         while True:
             self._woken = False
@@ -522,15 +477,40 @@ class TicketWorkflow:
         await self._store_record()
 
     async def _store_record(self) -> None:
+        """Store the ledger's new record entries.
+
+        A new ticket stores its first record with a local activity, which runs
+        within the workflow task that opened or claimed it and adds one marker
+        to the history. Opening a ticket then takes one workflow task, and a
+        claim sent with update-with-start returns with the ticket stored.
+
+        Later records go through an activity, as does a first record that
+        already holds the close. Its workflow task ends as soon as it is sent,
+        so events that reach the server meanwhile come in the next task. A
+        local activity would hold the task open while it writes, and a run
+        that ends or continues as new in such a task has it refused when an
+        event arrived during it (cause UnhandledCommand).
+        """
         assert self._ledger is not None
         record = self._ledger.take_record()
-        if record is not None:
-            await workflow.execute_activity(
+        if record is None:
+            return
+        locally = self._first_record_local and self._ledger.state != "closed"
+        self._first_record_local = False
+        if locally:
+            await workflow.execute_local_activity(
                 RECORD_ACTIVITY,
                 record,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=UNLIMITED_RETRY,
             )
+            return
+        await workflow.execute_activity(
+            RECORD_ACTIVITY,
+            record,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=UNLIMITED_RETRY,
+        )
 
     async def _send(self, notification: NotificationInput) -> None:
         assert self._ledger is not None
