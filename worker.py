@@ -26,7 +26,7 @@ from temporalio.runtime import (
     TelemetryConfig,
     TelemetryFilter,
 )
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import (
     SandboxedWorkflowRunner,
     SandboxRestrictions,
@@ -46,12 +46,13 @@ from workflows.ticket import TicketWorkflow
 
 logger = logging.getLogger(__name__)
 
-# Modules without I/O or global state that workflows import. Passing them
-# through loads them once, outside the sandbox, instead of once per workflow
-# run; zoneinfo then also shares its cache of loaded zones.
+# Modules without I/O or global state that workflows import. In the sandbox,
+# passing them through loads them once instead of once per workflow run;
+# zoneinfo then also shares its cache of loaded zones.
 PASSTHROUGH_MODULES = (
     "workflows.policy",
     "workflows.events",
+    "workflows.inbox",
     "workflows.ledger",
     "workflows.model",
     "workflows.display",
@@ -111,6 +112,33 @@ def create_runtime(settings: Settings) -> Runtime:
         ) from error
 
 
+def sandboxed_runner() -> SandboxedWorkflowRunner:
+    """Return the SDK's workflow sandbox, passing this project's pure modules through.
+
+    The worker runs the ticket workflow outside it (see ``workflow_runner``).
+    The tests replay every recorded ticket history in it, so workflow code
+    that the sandbox forbids, such as reading the clock, fails there.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        *PASSTHROUGH_MODULES
+    )
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+def workflow_runner() -> UnsandboxedWorkflowRunner:
+    """Return the runner of the worker's workflows: the SDK's, without the sandbox.
+
+    The sandbox imports ``workflows/ticket.py`` again for every new ticket and
+    checks every call the workflow makes, which doubled the worker's CPU time
+    per claim (docs/benchmarks.md). What it guards here is small: the ticket's
+    rules live in the modules above, which it passes through and so does not
+    check, and ``workflows/ticket.py`` keeps no state at module level. Replay
+    of the recorded histories in the sandbox (tests/test_replay.py) still
+    catches a forbidden call in the workflow's own code.
+    """
+    return UnsandboxedWorkflowRunner()
+
+
 def create_worker(
     client: Client, settings: Settings, activities: TicketActivities
 ) -> Worker:
@@ -118,15 +146,12 @@ def create_worker(
 
     The worker is not started: run it with ``Worker.run()`` or ``async with``.
     """
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        *PASSTHROUGH_MODULES
-    )
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[TicketWorkflow],
         activities=activities.all(),
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN_TIMEOUT,
         sticky_queue_schedule_to_start_timeout=STICKY_QUEUE_TIMEOUT,
     )

@@ -1,7 +1,7 @@
 """Run a worker for the bare timer workflow: ``python -m bench.bare_worker``.
 
-It uses the same sandbox configuration as the ticket worker, so the two
-workers differ only in the workflow they run.
+It uses the workflow runner of the ticket worker, so the two workers differ
+only in the workflow they run.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import signal
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import (
-    SandboxedWorkflowRunner,
-    SandboxRestrictions,
-)
 
 from bench.bare import BareTimerWorkflow
-from worker import PASSTHROUGH_MODULES
+from worker import workflow_runner
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +27,11 @@ async def run(address: str, task_queue: str) -> None:
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(stop_signal, stop.set)
 
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        *PASSTHROUGH_MODULES
-    )
     async with Worker(
         client,
         task_queue=task_queue,
         workflows=[BareTimerWorkflow],
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflow_runner=workflow_runner(),
     ):
         logger.info("Bare worker polling", extra={"task_queue": task_queue})
         await stop.wait()

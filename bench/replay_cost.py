@@ -19,13 +19,9 @@ from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
-from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
-from temporalio.worker.workflow_sandbox import (
-    SandboxedWorkflowRunner,
-    SandboxRestrictions,
-)
+from temporalio.worker import Replayer
 
-from worker import PASSTHROUGH_MODULES
+from worker import sandboxed_runner, workflow_runner
 from workflows.ticket import TicketWorkflow
 
 ROUNDS = 3
@@ -52,16 +48,9 @@ async def measure(address: str, workflow_ids: Sequence[str]) -> dict[str, float]
         await client.get_workflow_handle(workflow_id).fetch_history()
         for workflow_id in workflow_ids
     ]
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        *PASSTHROUGH_MODULES
-    )
-    sandboxed = Replayer(
-        workflows=[TicketWorkflow],
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
-    )
-    unsandboxed = Replayer(
-        workflows=[TicketWorkflow], workflow_runner=UnsandboxedWorkflowRunner()
-    )
+    workflows = [TicketWorkflow]
+    sandboxed = Replayer(workflows=workflows, workflow_runner=sandboxed_runner())
+    unsandboxed = Replayer(workflows=workflows, workflow_runner=workflow_runner())
     tasks = [
         sum(
             event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED

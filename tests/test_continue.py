@@ -33,10 +33,6 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import (
-    SandboxedWorkflowRunner,
-    SandboxRestrictions,
-)
 
 from activities import TicketActivities
 from activities.mailer import Mailer
@@ -55,7 +51,7 @@ from tests.test_workflow import (
     new_ticket,
     status,
 )
-from worker import PASSTHROUGH_MODULES, create_worker
+from worker import create_worker, sandboxed_runner
 from workflows.display import ticket_summary
 from workflows.events import parse_event, parse_opening
 from workflows.ledger import TicketLedger
@@ -163,14 +159,7 @@ def task_failure_causes(histories: list[WorkflowHistory]) -> list[str]:
 
 async def replay_failures(histories: list[WorkflowHistory]) -> list[str]:
     """Replay each run on the current workflow code and return what failed."""
-    replayer = Replayer(
-        workflows=[TicketWorkflow],
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                *PASSTHROUGH_MODULES
-            )
-        ),
-    )
+    replayer = Replayer(workflows=[TicketWorkflow], workflow_runner=sandboxed_runner())
     failures = []
     for history in histories:
         replayed = await replayer.replay_workflow(

@@ -25,10 +25,6 @@ from temporalio.client import WorkflowHandle
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer
-from temporalio.worker.workflow_sandbox import (
-    SandboxedWorkflowRunner,
-    SandboxRestrictions,
-)
 
 from activities import TicketActivities
 from activities.mailer import (
@@ -42,10 +38,10 @@ from settings import Settings, SettingsError, load_settings
 from tests.binaries import free_port, time_skipping_server_path
 from tests.restarts import opening
 from worker import (
-    PASSTHROUGH_MODULES,
     MetricsEndpointError,
     create_runtime,
     create_worker,
+    workflow_runner,
 )
 from workflows.model import NotificationInput, Person
 from workflows.ticket import BREACHES_METRIC, TicketWorkflow
@@ -265,12 +261,9 @@ async def test_replayed_ticket_counts_no_breach_again(
     handle = await run_breach_ticket(metered)
     history = await handle.fetch_history()
 
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(
-        *PASSTHROUGH_MODULES
-    )
     replayer = Replayer(
         workflows=[TicketWorkflow],
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflow_runner=workflow_runner(),
         runtime=metered.runtime,
     )
     await replayer.replay_workflow(history)
