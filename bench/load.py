@@ -32,7 +32,7 @@ from bench.measures import (
     run_bounded,
     timer_lateness,
 )
-from bench.processes import BenchError
+from bench.processes import BenchError, CpuMeter, CpuUsage
 from portal import PortalError, Tech, TicketPortal
 from workflows.policy import DEFAULT_POLICY
 
@@ -94,16 +94,7 @@ async def measure_bare(
         return f"bare-{tag}-{index}"
 
     async def start(index: int) -> None:
-        operation = WithStartWorkflowOperation(
-            BareTimerWorkflow.run,
-            due.isoformat(),
-            id=workflow_id(index),
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
-        await client.execute_update_with_start_workflow(
-            BareTimerWorkflow.started, start_workflow_operation=operation
-        )
+        await start_bare(client, task_queue, workflow_id(index), due)
         if datetime.now(UTC) > due - LATE_MARGIN:
             late.add(index)
 
@@ -130,6 +121,22 @@ async def measure_bare(
             f"{COMPLETION_TIMEOUT:g} s of their timers; see bare-worker.log"
         ) from None
     return BareResult(count, count / seconds, lateness, len(late))
+
+
+async def start_bare(
+    client: Client, task_queue: str, workflow_id: str, due: datetime
+) -> None:
+    """Start one bare workflow with update-with-start; return once it has run."""
+    operation = WithStartWorkflowOperation(
+        BareTimerWorkflow.run,
+        due.isoformat(),
+        id=workflow_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    await client.execute_update_with_start_workflow(
+        BareTimerWorkflow.started, start_workflow_operation=operation
+    )
 
 
 def bench_opening(ticket_id: str, opened_at: datetime) -> dict[str, Any]:
@@ -232,6 +239,83 @@ async def measure_tickets(
 
     await run_bounded(count, HISTORY_CONCURRENCY, read_history)
     return result
+
+
+@dataclass
+class RateResult:
+    """Bare starts and claims dated now, timed in alternating rounds."""
+
+    count: int
+    start_rate: float
+    claim_rate: float
+    # Claim rate over start rate, round by round.
+    round_ratios: list[float]
+    bare_cpu: CpuUsage
+    claim_cpu: CpuUsage
+
+
+async def measure_rates(
+    client: Client,
+    bare_queue: str,
+    ticket_queue: str,
+    count: int,
+    concurrency: int,
+    rounds: int,
+    meter: CpuMeter,
+) -> RateResult:
+    """Time ``count`` bare starts and ``count`` claims in ``rounds`` alternating rounds.
+
+    A claim here is what the portal sends when a tech claims a new ticket:
+    update-with-start that opens and claims it at once. Its first contact falls
+    due an hour later, so it sends no mail during the pass, and the bare
+    workflows' timers fall due a day later. Taking turns exposes both to the
+    same changes in the machine's speed, which move either rate by tens of
+    percent between passes a few minutes apart.
+    """
+    portal = TicketPortal(client, ticket_queue)
+    tag = uuid.uuid4().hex[:8]
+    bare_due = datetime.now(UTC) + timedelta(days=1)
+    base, extra = divmod(count, rounds)
+    sizes = [base + (1 if turn < extra else 0) for turn in range(rounds)]
+    bare_seconds: list[float] = []
+    claim_seconds: list[float] = []
+    bare_usage: list[CpuUsage] = []
+    claim_usage: list[CpuUsage] = []
+    offset = 0
+    for size in sizes:
+
+        async def start(index: int, first: int = offset) -> None:
+            workflow_id = f"rate-{tag}-{first + index}"
+            await start_bare(client, bare_queue, workflow_id, bare_due)
+
+        async def claim(index: int, first: int = offset) -> None:
+            ticket_id = f"R{tag}-{first + index}"
+            now = datetime.now(UTC)
+            await portal.claim(
+                ticket_id,
+                bench_tech(first + index),
+                opening=bench_opening(ticket_id, now - timedelta(minutes=1)),
+                occurred_at=now,
+            )
+
+        meter.start()
+        bare_seconds.append(await run_bounded(size, concurrency, start))
+        bare_usage.append(meter.read())
+        meter.start()
+        claim_seconds.append(await run_bounded(size, concurrency, claim))
+        claim_usage.append(meter.read())
+        offset += size
+    return RateResult(
+        count=count,
+        start_rate=count / sum(bare_seconds),
+        claim_rate=count / sum(claim_seconds),
+        round_ratios=[
+            bare / claim
+            for bare, claim in zip(bare_seconds, claim_seconds, strict=True)
+        ],
+        bare_cpu=CpuUsage.total(bare_usage),
+        claim_cpu=CpuUsage.total(claim_usage),
+    )
 
 
 async def wait_for_mail(

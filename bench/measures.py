@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,8 @@ from temporalio.client import Client
 # A fired timer counts as the deadline's timer when it was set to fire this
 # close to the deadline. Other timers of a ticket lie hours away.
 DEADLINE_TIMER_TOLERANCE = timedelta(minutes=5)
-# The marker the SDK core records for each local activity.
+# The marker the SDK core records for each local activity. Its "data" detail
+# holds the activity's type and attempt as plain JSON.
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
@@ -132,7 +134,7 @@ def timer_lateness(events: Sequence[HistoryEvent], due: datetime) -> float | Non
 
 
 def activity_counts(events: Sequence[HistoryEvent]) -> Counter[str]:
-    """Count scheduled activities by type, and local activities as one type."""
+    """Count scheduled activities by type, a local one as "<type> (local)"."""
     counts: Counter[str] = Counter()
     for event in events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
@@ -144,5 +146,18 @@ def activity_counts(events: Sequence[HistoryEvent]) -> Counter[str]:
             and event.marker_recorded_event_attributes.marker_name
             == LOCAL_ACTIVITY_MARKER
         ):
-            counts["(local activity)"] += 1
+            counts[f"{local_activity_type(event)} (local)"] += 1
     return counts
+
+
+def local_activity_type(marker: HistoryEvent) -> str:
+    """Return the activity type of a local activity's marker, or "?" if unreadable."""
+    details = marker.marker_recorded_event_attributes.details.get("data")
+    if details is None or not details.payloads:
+        return "?"
+    try:
+        data = json.loads(details.payloads[0].data)
+    except ValueError:
+        return "?"
+    activity_type = data.get("activity_type") if isinstance(data, dict) else None
+    return activity_type if isinstance(activity_type, str) else "?"

@@ -17,7 +17,12 @@ from typing import Any
 from temporalio.client import Client
 
 from activities.store import Store
-from bench.load import measure_bare, measure_event_latency, measure_tickets
+from bench.load import (
+    measure_bare,
+    measure_event_latency,
+    measure_rates,
+    measure_tickets,
+)
 from bench.processes import (
     LOOPBACK,
     PROJECT_DIR,
@@ -223,6 +228,28 @@ async def _load_passes(
         through_update=True,
     )
     results.cpu_by_phase["Updates"] = PhaseCpu(meter.read(), events, "Update")
+
+    print_line(
+        f"Rates: {plan.load} bare starts and {plan.load} claims dated now, "
+        f"in {plan.rate_rounds} alternating rounds"
+    )
+    rates = await measure_rates(
+        client,
+        bare_queue,
+        ticket_queue,
+        plan.load,
+        plan.concurrency,
+        plan.rate_rounds,
+        meter,
+    )
+    results.rates = rates
+    results.cpu_by_phase["bare starts, alternating"] = PhaseCpu(
+        rates.bare_cpu, plan.load, "workflow"
+    )
+    results.cpu_by_phase["claims dated now, alternating"] = PhaseCpu(
+        rates.claim_cpu, plan.load, "ticket"
+    )
+    print_line(f"  {rates.start_rate:.1f} starts/s, {rates.claim_rate:.1f} claims/s")
 
 
 async def measure_replay_cost(

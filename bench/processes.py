@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +264,15 @@ class CpuUsage:
 
     def percent_of_core(self, name: str) -> float:
         return 100 * self.seconds[name] / self.elapsed
+
+    @staticmethod
+    def total(usages: Sequence[CpuUsage]) -> CpuUsage:
+        """Add up the usage of several stretches of time."""
+        seconds: dict[str, float] = {}
+        for usage in usages:
+            for name, used in usage.seconds.items():
+                seconds[name] = seconds.get(name, 0.0) + used
+        return CpuUsage(sum(usage.elapsed for usage in usages), seconds)
 
 
 @dataclass

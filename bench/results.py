@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.load import BareResult, TicketResult
+from bench.load import BareResult, RateResult, TicketResult
 from bench.processes import CpuUsage
 from bench.rest import RestResult
 from bench.skipped import SimulationResult
@@ -17,6 +17,8 @@ class Plan:
     """The counts and durations of one run."""
 
     load: int
+    # Alternating rounds of bare starts and claims in the rates pass.
+    rate_rounds: int
     rest_counts: tuple[int, ...]
     concurrency: int
     signal_rate: float
@@ -44,6 +46,7 @@ class Results:
     plan: Plan
     bare: BareResult | None = None
     tickets: TicketResult | None = None
+    rates: RateResult | None = None
     signal_latency: list[float] = field(default_factory=list)
     signal_timeouts: int = 0
     update_latency: list[float] = field(default_factory=list)

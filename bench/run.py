@@ -36,6 +36,8 @@ from bench.summary import build_figures, method_text, profile_text
 from stack import find_executable
 
 DEFAULT_PAGE = PROJECT_DIR / "docs" / "benchmarks.md"
+# Rounds of bare starts and claims that take turns in the rates pass.
+RATE_ROUNDS = 5
 
 
 def counts_arg(text: str) -> tuple[int, ...]:
@@ -154,8 +156,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             if quick
             else sorted(EXAMPLES_DIR.glob("*.jsonl"))
         )
+    load = args.load or (20 if quick else 1000)
     return Plan(
-        load=args.load or (20 if quick else 1000),
+        load=load,
+        rate_rounds=min(RATE_ROUNDS, load),
         rest_counts=args.tickets or ((30, 60) if quick else (1000, 10000)),
         concurrency=args.concurrency,
         signal_rate=args.signal_rate,

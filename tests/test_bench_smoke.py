@@ -19,10 +19,13 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 # the ladder example alone.
 EXPECTED_KEYS = {
     "bare.start_rate",
+    "bare.start_rate_alternating",
     "bare.timer_lateness_p50",
     "bare.timer_lateness_p99",
     "bare.timer_lateness_max",
     "tickets.claim_rate",
+    "tickets.claim_ratio_by_round",
+    "tickets.claim_rate_reminder_due",
     "tickets.deadline_lateness_p50",
     "tickets.deadline_lateness_p99",
     "tickets.deadline_lateness_max",
@@ -55,6 +58,7 @@ EXPECTED_KEYS = {
 # Figures compared with the bare workflow's.
 RATIO_KEYS = {
     "tickets.claim_rate",
+    "tickets.claim_rate_reminder_due",
     "tickets.deadline_lateness_p50",
     "tickets.deadline_lateness_p99",
     "tickets.deadline_lateness_max",
