@@ -129,12 +129,13 @@ def workflow_runner() -> UnsandboxedWorkflowRunner:
     """Return the runner of the worker's workflows: the SDK's, without the sandbox.
 
     The sandbox imports ``workflows/ticket.py`` again for every new ticket and
-    checks every call the workflow makes, which doubled the worker's CPU time
-    per claim (docs/benchmarks.md). What it guards here is small: the ticket's
-    rules live in the modules above, which it passes through and so does not
-    check, and ``workflows/ticket.py`` keeps no state at module level. Replay
-    of the recorded histories in the sandbox (tests/test_replay.py) still
-    catches a forbidden call in the workflow's own code.
+    checks every call the workflow makes. In the benchmark that about doubled
+    the ticket worker's CPU time per claim (docs/benchmarks.md). It guards
+    little here: the ticket's rules live in the modules above, which it passes
+    through and so does not check, and ``workflows/ticket.py`` has no
+    module-level state that a run changes. Replay of the recorded histories in
+    the sandbox (tests/test_replay.py) still catches a forbidden call in the
+    workflow's own code.
     """
     return UnsandboxedWorkflowRunner()
 

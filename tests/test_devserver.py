@@ -12,6 +12,7 @@ opens hours in the past instead of waiting for a timer.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities import TicketActivities
+from activities.store import Store
 from mailsink import MailSink
 from portal import EventRejected, Tech, TicketClosed, TicketNotFound, TicketPortal
 from settings import Settings, load_settings
@@ -796,6 +798,74 @@ async def test_portal_claim_opens_new_ticket(
     assert "already claimed by" in rejected.value.reason
 
 
+def record_writes(events: list[Any]) -> list[str]:
+    """Return the ticket's record writes in order: "local" or "activity"."""
+    writes = []
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attributes = event.activity_task_scheduled_event_attributes
+            if attributes.activity_type.name == "record_ticket_changes":
+                writes.append("activity")
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            details = event.marker_recorded_event_attributes.details.get("data")
+            data = json.loads(details.payloads[0].data) if details else {}
+            if data.get("activity_type") == "record_ticket_changes":
+                writes.append("local")
+    return writes
+
+
+async def claim_new_ticket(portal: TicketPortal, service: DevService) -> dict[str, Any]:
+    """Open and claim a new ticket through the portal; return its opening."""
+    ticket = new_ticket(seconds_now())
+    await portal.claim(ticket["ticket_id"], portal_tech(service), opening=ticket)
+    return ticket
+
+
+async def test_claim_stores_ticket_in_first_task(
+    portal: TicketPortal, service: DevService
+) -> None:
+    ticket_id = (await claim_new_ticket(portal, service))["ticket_id"]
+
+    store = Store(service.settings.database_url)
+    try:
+        record = store.ticket_record(ticket_id)
+    finally:
+        store.dispose()
+    recorded = [line.details["event"] for line in record if line.entry_type == "event"]
+    assert recorded == ["opened", "claim"]
+    handle = service.client.get_workflow_handle(f"ticket-{ticket_id}")
+    events = [e async for e in handle.fetch_history_events()]
+    completed = [
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    ]
+    timers = [
+        e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert len(completed) == 1
+    assert timers != []
+    assert timers[0] > completed[0]
+    assert record_writes(events) == ["local"]
+
+
+async def test_close_in_first_task_writes_activity(service: DevService) -> None:
+    # A run that ends must not end in a task that a local activity holds open.
+    ticket = new_ticket(seconds_now())
+    handle = await service.client.start_workflow(
+        "TicketWorkflow",
+        ticket,
+        id=f"ticket-{ticket['ticket_id']}",
+        task_queue=service.settings.temporal_task_queue,
+        start_signal="close",
+        start_signal_args=[event(reason="duplicate")],
+    )
+    await handle.result()
+
+    events = [e async for e in handle.fetch_history_events()]
+    assert record_writes(events) == ["activity"]
+
+
 async def test_portal_rejects_bad_event(
     portal: TicketPortal, service: DevService
 ) -> None:
@@ -831,9 +901,8 @@ async def test_portal_unknown_ticket_not_found(portal: TicketPortal) -> None:
 async def test_portal_closed_ticket_raises(
     portal: TicketPortal, service: DevService
 ) -> None:
-    ticket = new_ticket(seconds_now())
+    ticket = await claim_new_ticket(portal, service)
     ticket_id = ticket["ticket_id"]
-    await portal.claim(ticket_id, portal_tech(service), opening=ticket)
     status = await portal.close(ticket_id, reason="duplicate")
     assert status["state"] == "closed"
     await portal.handle(ticket_id).result()

@@ -1,8 +1,8 @@
-"""What the ticket workflow's handlers queue, and the errors its Updates raise.
+"""The events that the ticket workflow's handlers queue, and its Update errors.
 
-Kept apart from ``workflows/ticket.py``, which the sandbox runs again for
-every new ticket: the worker passes this module through, so its classes are
-built once per worker process.
+Kept apart from ``workflows/ticket.py``, which the SDK's sandbox, where the
+tests replay tickets, imports again for every ticket. The sandbox passes this
+module through, so its classes are built once per process.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ UNLIMITED_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
-# Patch id of storing the record with a local activity instead of an activity.
+# Patch id for storing a new ticket's first record with a local activity.
 RECORD_LOCALLY = "record-locally"
 
 # Counter of breached obligations on the worker's metrics endpoint, labelled
@@ -172,9 +172,8 @@ class TicketWorkflow:
         else:
             await self._take_over_run(parsed.ticket_id)
         assert self._ledger is not None
-        # The record of a new ticket is stored within its first workflow task.
-        # Runs that started before this change, whose histories hold an
-        # activity there, keep it.
+        # Histories recorded before this patch store the first record with an
+        # activity, and their replay keeps it (see _store_record).
         self._first_record_local = carried is None and workflow.patched(RECORD_LOCALLY)
 
         while True:
@@ -479,17 +478,18 @@ class TicketWorkflow:
     async def _store_record(self) -> None:
         """Store the ledger's new record entries.
 
-        A new ticket stores its first record with a local activity, which runs
-        within the workflow task that opened or claimed it and adds one marker
-        to the history. Opening a ticket then takes one workflow task, and a
-        claim sent with update-with-start returns with the ticket stored.
+        A new ticket stores its first record with a local activity, inside the
+        workflow task that opened or claimed it. A claim sent with
+        update-with-start then returns with the ticket stored, unless the
+        write takes several seconds, and needs no second task.
 
-        Later records go through an activity, as does a first record that
-        already holds the close. Its workflow task ends as soon as it is sent,
-        so events that reach the server meanwhile come in the next task. A
-        local activity would hold the task open while it writes, and a run
-        that ends or continues as new in such a task has it refused when an
-        event arrived during it (cause UnhandledCommand).
+        Later records, and a first record that contains the close, use an
+        activity. The server rejects a task that ends the run (cause
+        UnhandledCommand) when an event arrived while the task was open, and a
+        local activity keeps the task open while it writes. The time-skipping
+        test server also rejects a task that cancels a timer which fired while
+        the task was open ("invalid history builder state for action") and
+        never sends it again, which long tasks made frequent in the tests.
         """
         assert self._ledger is not None
         record = self._ledger.take_record()
