@@ -18,7 +18,7 @@ from temporalio.client import Client
 # close to the deadline. Other timers of a ticket lie hours away.
 DEADLINE_TIMER_TOLERANCE = timedelta(minutes=5)
 # The marker the SDK core records for each local activity. Its "data" detail
-# holds the activity's type and attempt as plain JSON.
+# contains the activity's type and attempt as plain JSON.
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
