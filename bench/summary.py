@@ -444,8 +444,9 @@ def worker_section(results: Results) -> str:
     ]
     policy = "is" if "workflows.policy" in PASSTHROUGH_MODULES else "is not"
     lines.append(
-        f"- Sandbox pass-through: {', '.join(ticket_modules) or 'none'}; the pure "
-        f"policy module {policy} passed through."
+        f"- Sandbox pass-through, for the replays in the sandbox (the worker "
+        f"runs the workflow outside it): {', '.join(ticket_modules) or 'none'}. "
+        f"The pure policy module {policy} passed through."
     )
     for key in ("max_concurrent_workflow_tasks", "max_concurrent_activities"):
         if stats.get(key) is not None:
