@@ -5,8 +5,9 @@ load them and the activities can share them. Times are ISO 8601 strings in UTC
 because they cross the Temporal payload boundary as JSON.
 """
 
-from __future__ import annotations
-
+# Annotations stay objects, not strings: the SDK's converter resolves a
+# dataclass's field types on every payload it decodes, and resolving strings
+# compiles each of them again.
 from dataclasses import dataclass, field
 from typing import Any
 
