@@ -128,6 +128,7 @@ class TicketActivities:
             policy_overrides=dict(self.policy_overrides),
             search_attributes=await self._search_attributes_usable(),
             max_history_length=self.max_history_length,
+            first_record_local=True,
         )
 
     async def _search_attributes_usable(self) -> bool:

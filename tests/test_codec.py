@@ -605,12 +605,8 @@ def payloads_in(message: Message, path: str = "") -> Iterator[tuple[str, Payload
 
 
 # A local activity's marker keeps the activity's type, sequence number and
-# times in plain JSON next to its encrypted result. A workflow.patched()
-# marker keeps the patch id in plain JSON.
-PLAIN_MARKER_DATA = (
-    "events.marker_recorded_event_attributes.details[data]",
-    "events.marker_recorded_event_attributes.details[patch-data]",
-)
+# times in plain JSON next to its encrypted result.
+LOCAL_ACTIVITY_MARKER_DATA = "events.marker_recorded_event_attributes.details[data]"
 
 
 def passes_through_codec(path: str) -> bool:
@@ -618,7 +614,9 @@ def passes_through_codec(path: str) -> bool:
 
     Search attributes stay readable because the server indexes them.
     """
-    return ".search_attributes." not in path and not path.startswith(PLAIN_MARKER_DATA)
+    return ".search_attributes." not in path and not path.startswith(
+        LOCAL_ACTIVITY_MARKER_DATA
+    )
 
 
 @dataclasses.dataclass

@@ -146,12 +146,17 @@ class TicketDefaults:
     ticket continues as new, or earlier when the server suggests it. None
     turns continue-as-new off. It is the default for the same reason: a ticket
     started before the field existed must replay without the continuation.
+
+    ``first_record_local`` makes a new ticket store its first record with a
+    local activity. It defaults to False, so a ticket started before the field
+    existed replays the activity its history holds.
     """
 
     timezone: str
     policy_overrides: dict[str, str] = field(default_factory=dict)
     search_attributes: bool = False
     max_history_length: int | None = None
+    first_record_local: bool = False
 
 
 @dataclass

@@ -83,8 +83,6 @@ UNLIMITED_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=ACTIVITY_TIMEOUT_SECONDS)
-# Patch id for storing a new ticket's first record with a local activity.
-RECORD_LOCALLY = "record-locally"
 
 # Counter of breached obligations on the worker's metrics endpoint, labelled
 # with the obligation's kind (claim, first_contact, notes, reply,
@@ -172,9 +170,12 @@ class TicketWorkflow:
         else:
             await self._take_over_run(parsed.ticket_id)
         assert self._ledger is not None
-        # Histories recorded before this patch store the first record with an
-        # activity, and their replay keeps it (see _store_record).
-        self._first_record_local = carried is None and workflow.patched(RECORD_LOCALLY)
+        # A run continued as new has stored its record before.
+        self._first_record_local = (
+            carried is None
+            and self._defaults is not None
+            and self._defaults.first_record_local
+        )
 
         while True:
             self._woken = False
@@ -481,7 +482,9 @@ class TicketWorkflow:
         A new ticket stores its first record with a local activity, inside the
         workflow task that opened or claimed it. A claim sent with
         update-with-start then returns with the ticket stored, unless the
-        write takes several seconds, and needs no second task.
+        write takes several seconds, and needs no second task. Tickets opened
+        by an older worker, whose ``ticket_defaults`` result lacks
+        ``first_record_local``, keep the activity that their histories hold.
 
         Later records, and a first record that contains the close, use an
         activity. The server rejects a task that ends the run (cause
