@@ -277,10 +277,8 @@ def database_engine(database_url: str, **options: Any) -> Engine:
 
 # Columns that a record write sets on an existing row, besides ``id``. The
 # ticket's ``last_sequence`` is set only by a batch with entries.
-PERSON_COLUMNS = {
-    "customer": ("name", "email", "phone", "updated_at"),
-    "tech": ("name", "email", "updated_at"),
-}
+CUSTOMER_COLUMNS = ("name", "email", "phone", "updated_at")
+TECH_COLUMNS = ("name", "email", "updated_at")
 TICKET_STATE_COLUMNS = (
     "state",
     "priority",
@@ -306,8 +304,18 @@ class Store:
     def __init__(self, database_url: str) -> None:
         self.engine: Engine = database_engine(database_url, pool_pre_ping=True)
         self._dialect = self.engine.dialect.name
-        # Write statements of ``record``, by name; see ``_statement``.
-        self._statements: dict[str, Any] = {}
+        # The statements of ``record``, built once and run with new parameters,
+        # because building an upsert's ``excluded`` columns took more CPU than
+        # running it on SQLite.
+        self._upsert_customer = self._upsert(Customer, CUSTOMER_COLUMNS)
+        self._upsert_tech = self._upsert(Tech, TECH_COLUMNS)
+        self._upsert_ticket_state = self._upsert(Ticket, TICKET_STATE_COLUMNS)
+        self._upsert_newer_ticket = self._upsert(
+            Ticket, (*TICKET_STATE_COLUMNS, "last_sequence"), newer_only=True
+        )
+        self._insert_entries = self._insert(TicketRecordEntry).on_conflict_do_nothing(
+            index_elements=["ticket_id", "sequence"]
+        )
 
     def create_tables(self) -> None:
         """Create the tables that are missing, from the models.
@@ -358,7 +366,7 @@ class Store:
         customer = changes.customer
         with self.engine.begin() as connection:
             connection.execute(
-                self._statement("customer"),
+                self._upsert_customer,
                 {
                     "id": customer.id,
                     "name": customer.name,
@@ -370,7 +378,7 @@ class Store:
             if changes.tech is not None:
                 tech = changes.tech
                 connection.execute(
-                    self._statement("tech"),
+                    self._upsert_tech,
                     {
                         "id": tech.id,
                         "name": tech.name,
@@ -382,7 +390,7 @@ class Store:
                 connection, changes, opened_at, closed_at, batch_sequence, now
             )
             if entries:
-                connection.execute(self._statement("entries"), entries)
+                connection.execute(self._insert_entries, entries)
 
     def log_hours(self, logged: HoursInput) -> HoursResult:
         """Add logged hours to the customer's month and claim the thresholds passed.
@@ -609,39 +617,22 @@ class Store:
         dialect = postgresql if self._dialect == "postgresql" else sqlite
         return dialect.insert(table)
 
-    def _statement(self, name: str) -> Any:
-        """Return a write statement of ``record`` by name, built once per store.
+    def _upsert(
+        self,
+        table: type[SQLModel],
+        columns: tuple[str, ...],
+        *,
+        newer_only: bool = False,
+    ) -> Any:
+        """Return an insert that updates ``columns`` of the row if ``id`` exists.
 
-        A record write runs several of them for every ticket event. Building
-        an upsert's ``excluded`` columns took more CPU than running it on
-        SQLite, so each is built once and run with new parameters.
+        With ``newer_only``, the row is updated only if the inserted
+        ``last_sequence`` is not older than the stored one.
         """
-        statement = self._statements.get(name)
-        if statement is None:
-            statement = self._build_statement(name)
-            self._statements[name] = statement
-        return statement
-
-    def _build_statement(self, name: str) -> Any:
-        if name == "entries":
-            return self._insert(TicketRecordEntry).on_conflict_do_nothing(
-                index_elements=["ticket_id", "sequence"]
-            )
-        if name in ("customer", "tech"):
-            # Insert the row, or update every column but the primary key ``id``.
-            table = Customer if name == "customer" else Tech
-            insert = self._insert(table)
-            columns = PERSON_COLUMNS[name]
-            return insert.on_conflict_do_update(
-                index_elements=["id"],
-                set_={column: insert.excluded[column] for column in columns},
-            )
-        insert = self._insert(Ticket)
-        set_ = {column: insert.excluded[column] for column in TICKET_STATE_COLUMNS}
-        if name == "ticket":
+        insert = self._insert(table)
+        set_ = {column: insert.excluded[column] for column in columns}
+        if not newer_only:
             return insert.on_conflict_do_update(index_elements=["id"], set_=set_)
-        # A batch with entries updates the row only if it is newer.
-        set_["last_sequence"] = insert.excluded.last_sequence
         return insert.on_conflict_do_update(
             index_elements=["id"],
             set_=set_,
@@ -673,9 +664,13 @@ class Store:
         }
         # A batch without entries carries no order, so it is taken as current
         # and keeps the stored sequence.
-        name = "ticket" if batch_sequence is None else "ticket_if_newer"
+        statement = (
+            self._upsert_ticket_state
+            if batch_sequence is None
+            else self._upsert_newer_ticket
+        )
         connection.execute(
-            self._statement(name),
+            statement,
             {"id": changes.ticket_id, "last_sequence": batch_sequence or 0, **state},
         )
 

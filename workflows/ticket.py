@@ -118,7 +118,8 @@ class TicketWorkflow:
         # Set once the history is long enough. The run then continues as new
         # at the next pass of its loop with no mail being sent.
         self._continuing = False
-        # Whether the first record of the run is stored with a local activity.
+        # Whether the next record goes through a local activity: set for a new
+        # ticket's first record only.
         self._first_record_local = False
         self._continued_runs = 0
         self._carried_failure: str | None = None
@@ -170,12 +171,6 @@ class TicketWorkflow:
         else:
             await self._take_over_run(parsed.ticket_id)
         assert self._ledger is not None
-        # A run continued as new has stored its record before.
-        self._first_record_local = (
-            carried is None
-            and self._defaults is not None
-            and self._defaults.first_record_local
-        )
 
         while True:
             self._woken = False
@@ -225,6 +220,9 @@ class TicketWorkflow:
             )
         self._defaults = defaults
         self._search_attributes = defaults.search_attributes
+        # Only a new ticket's run stores its first record locally, because a
+        # continued run stored its record before.
+        self._first_record_local = defaults.first_record_local
         zone_name = parsed.timezone or defaults.timezone
         ledger = TicketLedger(parsed, zone_name, policy)
         ledger.skip_late_reminders = True
@@ -484,7 +482,7 @@ class TicketWorkflow:
         update-with-start then returns with the ticket stored, unless the
         write takes several seconds, and needs no second task. Tickets opened
         by an older worker, whose ``ticket_defaults`` result lacks
-        ``first_record_local``, keep the activity that their histories hold.
+        ``first_record_local``, keep the activity that their histories contain.
 
         Later records, and a first record that contains the close, use an
         activity. The server rejects a task that ends the run (cause
