@@ -38,6 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.display import ticket_summary
 from workflows.events import InvalidEvent, event_id_of
+from workflows.inbox import INVALID_EVENT, TICKET_CLOSED
 
 logger = logging.getLogger(__name__)
 
@@ -285,12 +286,12 @@ class TicketPortal:
     ) -> PortalError:
         """Turn a failed Update into a portal error, and record it if it is not yet."""
         cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.type == "TicketClosed":
+        if isinstance(cause, ApplicationError) and cause.type == TICKET_CLOSED:
             return TicketClosed(f"ticket {ticket_id} is closed")
         if not isinstance(cause, ApplicationError):
             return EventRejected(ticket_id, event, str(cause))
 
-        if cause.type == "InvalidEvent" and not _recorded(cause):
+        if cause.type == INVALID_EVENT and not _recorded(cause):
             # A validator's rejection is not in the history; this signal puts
             # it in the ticket's record. Losing it to an outage must not hide
             # the rejection from the caller, so its failure is only logged.

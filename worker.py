@@ -47,8 +47,8 @@ from workflows.ticket import TicketWorkflow
 logger = logging.getLogger(__name__)
 
 # Modules without I/O or global state that workflows import. In the sandbox,
-# passing them through loads them once instead of once per workflow run;
-# zoneinfo then also shares its cache of loaded zones.
+# passing them through loads them once instead of once per workflow run, and
+# zoneinfo then shares its cache of loaded zones.
 PASSTHROUGH_MODULES = (
     "workflows.policy",
     "workflows.events",

@@ -126,7 +126,7 @@ async def measure_bare(
 async def start_bare(
     client: Client, task_queue: str, workflow_id: str, due: datetime
 ) -> None:
-    """Start one bare workflow with update-with-start; return once it has run."""
+    """Start one bare workflow with update-with-start and wait for its first task."""
     operation = WithStartWorkflowOperation(
         BareTimerWorkflow.run,
         due.isoformat(),

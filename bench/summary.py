@@ -308,12 +308,12 @@ SQLite database of its own.
   task is done. A claim is `TicketPortal.claim` with the opening, the same
   update-with-start, which ends when the ticket has applied and stored the
   claim. Rate is the count over the wall time of all requests. The claim rate
-  with its target comes from a pass of its own, after the others: bare starts
-  and claims take turns in {plan.rate_rounds} rounds, so both meet the same
-  changes in the machine's speed, and each claim is dated now, as a tech's
-  claim is, so its first mail falls due an hour later. The load passes below
-  give the other two rates: the bare pass's, and that of claims dated an
-  hour back, which each send a reminder at once.
+  with its target comes from a pass of its own, after the others. In it bare
+  starts and claims take turns in {plan.rate_rounds} rounds, so both meet the
+  same changes in the machine's speed. Each claim there is dated now, as a
+  tech's claim is, so its first mail falls due an hour later. The load passes
+  below give the other two rates: the bare pass's, and that of claims dated
+  an hour back, which each send a reminder at once.
 - **Timer and deadline lateness**: every timer of a pass falls due at one
   moment, after all starts or claims, so the timers fire as one burst. A claim
   is dated one first-contact period ({hours(first_contact)}) before that

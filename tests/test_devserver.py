@@ -842,7 +842,7 @@ async def test_claim_stores_ticket_in_first_task(
 
 
 async def test_close_in_first_task_writes_activity(service: DevService) -> None:
-    # A run that ends must not end in a task that a local activity holds open.
+    # A run must not end in a task that a local activity keeps open.
     ticket = new_ticket(seconds_now())
     handle = await service.client.start_workflow(
         "TicketWorkflow",

@@ -1,8 +1,8 @@
 """The events that the ticket workflow's handlers queue, and its Update errors.
 
-Kept apart from ``workflows/ticket.py``, which the SDK's sandbox, where the
-tests replay tickets, imports again for every ticket. The sandbox passes this
-module through, so its classes are built once per process.
+Kept apart from ``workflows/ticket.py``, which the SDK's sandbox imports again
+for every ticket that the tests replay in it. The sandbox passes this module
+through, so its classes are built once per process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class QueuedEvent:
 
 @dataclass(frozen=True)
 class SeveralInputs:
-    """Stands for the input of a signal or Update sent with more than one value."""
+    """The input of a signal or Update sent with more than one value."""
 
     count: int
 

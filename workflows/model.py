@@ -149,7 +149,7 @@ class TicketDefaults:
 
     ``first_record_local`` makes a new ticket store its first record with a
     local activity. It defaults to False, so a ticket started before the field
-    existed replays the activity its history holds.
+    existed replays the activity that its history contains.
     """
 
     timezone: str
